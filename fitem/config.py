@@ -1,0 +1,136 @@
+"""``FitConfig``: every knob of ``fitem.fit``, frozen and validated."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+
+from fitem.errors import ConfigError
+from fitem.params import BLOCKS
+
+__all__ = ["FitConfig"]
+
+_BACKENDS = ("auto", "torch", "nvdiffrast")
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Configuration of one fit (image → landmarks → init → EM → result).
+
+    Attributes:
+        size: working (crop) resolution in pixels, square.
+        rounds: maximum EM rounds (E-step + M-step each); ≥ 1.
+        iterations: LM iterations per M-step.
+        first_iterations: LM iterations of the first M-step (pose, light and
+            colour only, on the conservative mask).
+        free: parameter blocks optimised after the first round.
+        first_free: blocks optimised in the first M-step.
+        n_shape, n_expression, n_colour: use only the first components of each
+            model block (None: all).
+        sigma: colour noise σ of the face likelihood ([0, 1] images); None
+            estimates it robustly from the residuals at every E-step.
+        photometric_weight: weight of the photometric term.
+        effective_pixels: how many independent pixels the photometric evidence
+            counts as, against the priors (tempers the likelihood).
+        max_pixels: pixels sampled per M-step for the photometric term.
+        landmark_weight: weight of the landmark term in round 1;
+            multiplied by ``landmark_decay`` every round.
+        landmark_sigma: landmark noise in pixels at ``size`` 224 (scaled with size).
+        landmark_decay: per-round factor on the landmark weight.
+        shape_prior, expression_prior, colour_prior: precision of the
+            coefficients' N(0, 1) priors (1 = the model's own prior).
+        light_prior: precision on SH light around the ambient start.
+        smoothness: Potts weight of the E-step's graph cut.
+        mask_tolerance: stop when less than this fraction of the face region
+            changes label between rounds.
+        use_em: False fixes the mask to "all face" (the baseline that the EM must beat).
+        backend: rasterizer: "auto", "torch" or "nvdiffrast".
+        device: torch device string, or None (CUDA if available with nvdiffrast, else CPU).
+        detector: landmark detector name ("mediapipe" or "dlib").
+        seed: seeds the pixel sampling (fits are deterministic for a seed).
+        progress: show a tqdm bar.
+    """
+
+    size: int = 224
+    rounds: int = 3
+    iterations: int = 6
+    first_iterations: int = 4
+    free: tuple[str, ...] = BLOCKS
+    first_free: tuple[str, ...] = ("colour", "light", "rotation", "translation")
+    n_shape: int | None = None
+    n_expression: int | None = None
+    n_colour: int | None = None
+    sigma: float | None = 0.043
+    photometric_weight: float = 1.0
+    effective_pixels: float = 2000.0
+    max_pixels: int = 8000
+    landmark_weight: float = 1.0
+    landmark_sigma: float = 3.0
+    landmark_decay: float = 0.5
+    shape_prior: float = 1.0
+    expression_prior: float = 1.0
+    colour_prior: float = 1.0
+    light_prior: float = 0.05
+    smoothness: float = 1.0
+    mask_tolerance: float = 0.005
+    use_em: bool = True
+    backend: str = "auto"
+    device: str | None = None
+    detector: str = "mediapipe"
+    seed: int = 0
+    progress: bool = False
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        def positive_int(name: str, minimum: int = 1) -> None:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
+                raise ConfigError(f"FitConfig.{name} must be an integer ≥ {minimum}, got {v!r}")
+
+        positive_int("size", 32)
+        positive_int("rounds", 1)
+        positive_int("iterations", 0)
+        positive_int("first_iterations", 0)
+        positive_int("max_pixels", 16)
+        for name in ("n_shape", "n_expression", "n_colour"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 0):
+                raise ConfigError(f"FitConfig.{name} must be None or an integer ≥ 0, got {v!r}")
+        for name in ("photometric_weight", "landmark_weight", "shape_prior", "expression_prior", "colour_prior",
+                     "light_prior", "smoothness", "mask_tolerance", "effective_pixels"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ConfigError(f"FitConfig.{name} must be a finite number ≥ 0, got {v!r}")
+        for name in ("landmark_sigma",):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ConfigError(f"FitConfig.{name} must be a positive number, got {v!r}")
+        if not (0 <= self.landmark_decay <= 1):
+            raise ConfigError(f"FitConfig.landmark_decay must lie in [0, 1], got {self.landmark_decay!r}")
+        if self.sigma is not None and not (math.isfinite(self.sigma) and self.sigma > 0):
+            raise ConfigError(f"FitConfig.sigma must be None (robust estimate) or > 0, got {self.sigma!r}")
+        for name in ("free", "first_free"):
+            v = tuple(getattr(self, name))
+            bad = [b for b in v if b not in BLOCKS]
+            if bad or not v:
+                raise ConfigError(f"FitConfig.{name} must name parameter blocks from {list(BLOCKS)}, got {v!r}")
+            object.__setattr__(self, name, v)
+        if self.backend not in _BACKENDS:
+            raise ConfigError(f"FitConfig.backend must be one of {_BACKENDS}, got {self.backend!r}")
+
+    def replace(self, **changes) -> "FitConfig":
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["free"] = list(self.free)
+        d["first_free"] = list(self.first_free)
+        return d
+
+    def hash(self) -> str:
+        """Stable short hash of the settings that change results (not ``progress``)."""
+        d = self.as_dict()
+        d.pop("progress", None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
