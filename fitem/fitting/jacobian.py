@@ -172,7 +172,7 @@ def vertex_jacobians(
     need_normals = drot is not None or _geometry_blocks(mt, layout)
     if need_normals:
         # ∂shading_c/∂m (view normal): Σ_k L_kc ∂B_k/∂m.
-        dsh = torch.func.vmap(torch.func.jacfwd(sh_basis))(st.normals_view)  # (N, 9, 3)
+        dsh = torch.func.vmap(torch.func.jacfwd(sh_basis))(st.normals_view).to(dtype)  # (N, 9, 3)
         dshade_dm = torch.einsum("nkm,kc->ncm", dsh, params.light)  # (N, 3c, 3m)
         dcol_dm = albedo[:, :, None] * dshade_dm  # (N, 3c, 3m)
         if drot is not None:

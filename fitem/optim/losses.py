@@ -18,18 +18,28 @@ kind        rho(z)
 =========== ===========================================
 
 Gauss-Newton needs a Jacobian and residual whose normal equations have the
-robust cost's gradient and a positive semi-definite Hessian approximation. The
-square-root trick of Triggs et al. ("Bundle adjustment -- a modern synthesis",
-2000), which scipy also uses, rescales
+robust cost's gradient and a positive semi-definite Hessian approximation.
+Both choices below rescale residuals and Jacobian rows by a factor ``s_i``:
 
-    s_i   = sqrt(max(rho'(z_i) + 2 z_i rho''(z_i), eps))
     J~_i  = sqrt(w_i) * s_i * J_i
     r~_i  = sqrt(w_i) * rho'(z_i) * r_i / s_i
 
 so that ``J~^T r~ = sum_i w_i rho'(z_i) r_i J_i`` is exactly the gradient of the
-cost and ``J~^T J~`` is the Gauss-Newton Hessian. :func:`robust_rescale`
-returns ``cost``, ``r~`` and the per-residual factor ``sqrt(w) * s``; a caller
-that accumulates its own normal equations (a
+cost (the optimum is the same whichever ``s`` is used; only the path differs):
+
+* ``curvature="irls"`` (default): ``s_i = sqrt(rho'(z_i))`` -- iteratively
+  reweighted least squares, as Ceres does for losses with ``rho'' <= 0``. For
+  the concave losses here the quadratic model majorises the robust cost, so
+  Gauss-Newton steps are safe even when most residuals are outliers.
+* ``curvature="triggs"``: ``s_i = sqrt(max(rho' + 2 z rho'', eps))`` -- the
+  second-order correction of Triggs et al. ("Bundle adjustment -- a modern
+  synthesis", 2000) that :func:`scipy.optimize.least_squares` uses. Closer to
+  the true Hessian for inliers, but nearly singular when many residuals sit in
+  the flat part of the loss (Huber / Cauchy / arctan outliers get ``s ~ eps``),
+  which makes plain Gauss-Newton steps huge.
+
+:func:`robust_rescale` returns ``cost``, ``r~`` and the per-residual factor
+``sqrt(w) * s``; a caller that accumulates its own normal equations (a
 :class:`~fitem.optim.problem.NormalEquationsBlock`) uses it per chunk:
 ``JtJ += (J * scale[:, None]).T @ (J * scale[:, None])``,
 ``Jtr += (J * scale[:, None]).T @ r_tilde``.
@@ -45,6 +55,7 @@ from fitem.errors import ConfigError, InvalidInputError, ShapeError
 
 __all__ = [
     "LOSS_KINDS",
+    "CURVATURES",
     "RobustLoss",
     "RescaledResiduals",
     "robust_rescale",
@@ -58,6 +69,8 @@ __all__ = [
 
 #: Names of the supported robust losses (scipy's ``loss=`` values).
 LOSS_KINDS: tuple[str, ...] = ("linear", "huber", "soft_l1", "cauchy", "arctan")
+#: Gauss-Newton curvature of a robust loss: ``"irls"`` (``s**2 = rho'``) or ``"triggs"``.
+CURVATURES: tuple[str, ...] = ("irls", "triggs")
 
 
 @dataclass(frozen=True)
@@ -65,7 +78,8 @@ class RobustLoss:
     """A robust loss ``rho`` of the squared residual, with scale ``f_scale``.
 
     ``f_scale`` is the residual size (same units as the residuals) where the
-    loss turns from quadratic to robust, as scipy's ``f_scale``.
+    loss turns from quadratic to robust, as scipy's ``f_scale``. ``curvature``
+    picks the Gauss-Newton rescaling, ``"irls"`` or ``"triggs"`` (module docstring).
 
     Example:
         >>> loss = RobustLoss("huber", f_scale=0.1)
@@ -74,10 +88,13 @@ class RobustLoss:
 
     kind: str = "linear"
     f_scale: float = 1.0
+    curvature: str = "irls"
 
     def __post_init__(self) -> None:
         if self.kind not in LOSS_KINDS:
             raise ConfigError(f"unknown robust loss {self.kind!r}; choose one of {list(LOSS_KINDS)}")
+        if self.curvature not in CURVATURES:
+            raise ConfigError(f"curvature must be one of {list(CURVATURES)}, got {self.curvature!r}")
         if not (float(self.f_scale) > 0.0) or not torch.isfinite(torch.tensor(float(self.f_scale))):
             raise ConfigError(f"f_scale must be a positive finite number, got {self.f_scale!r}")
 
@@ -225,8 +242,11 @@ def robust_rescale(
     else:
         rho0, rho1, rho2 = rho_loss.evaluate(z)
         cost_terms = rho0
-        eps = torch.finfo(residual.dtype).eps
-        s = torch.sqrt(torch.clamp(rho1 + 2.0 * rho2 * z, min=eps))
+        if rho_loss.curvature == "irls":
+            s = torch.sqrt(rho1)
+        else:
+            eps = torch.finfo(residual.dtype).eps
+            s = torch.sqrt(torch.clamp(rho1 + 2.0 * rho2 * z, min=eps))
         res = rho1 * residual / s
         scale = s
     if weight is not None:

@@ -1,0 +1,271 @@
+"""The per-image EM: M-step (LM on the mask-weighted photometric term + landmarks + priors)
+alternating with the E-step (face vs non-face likelihoods + graph-cut MRF).
+
+Works on the aligned crop; knows nothing of detection or of the input image.
+The first E-step does not trust the unfitted model: it starts from
+:func:`fitem.occlusion.conservative_initial_mask` and the model earns pixels
+round by round.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from fitem import occlusion
+from fitem.config import FitConfig
+from fitem.fitting.jacobian import vertex_state
+from fitem.fitting.terms import LandmarkTerm, PhotometricTerm
+from fitem.models.morphable import MorphableModel
+from fitem.optim import GaussianPrior, LeastSquaresProblem, NormalEquationsBlock, solve
+from fitem.params import AMBIENT_LIGHT, FaceParams, ParamLayout
+from fitem.render.camera import Camera
+from fitem.render.interpolate import interpolate
+from fitem.result import RoundRecord
+
+__all__ = ["EMOutput", "run_em", "render_crop", "laplace_uncertainty", "JAW_WEIGHT"]
+
+log = logging.getLogger(__name__)
+
+#: Relative weight of the 17 jaw-contour landmarks (silhouette points, not fixed vertices).
+JAW_WEIGHT = 0.3
+
+
+@dataclass
+class EMOutput:
+    """What the EM returns on the crop."""
+
+    params: FaceParams
+    mask: np.ndarray  # (H, W) bool: visible face
+    posterior: np.ndarray  # (H, W) float32 P(face | pixel) inside the region
+    region: np.ndarray  # (H, W) bool
+    render: np.ndarray  # (H, W, 3) float32
+    rounds: list[RoundRecord]
+    iterations: list[dict]
+    failed: bool
+    message: str
+    covariance: torch.Tensor | None = None  # Laplace covariance over ``layout``
+    layout: ParamLayout | None = None
+    timings: dict = field(default_factory=dict)
+
+
+def render_crop(mt, params: FaceParams, camera: Camera, rasterizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """Render one face on the crop: ``(image (H, W, 3), region (H, W) bool)``."""
+    st = vertex_state(mt, params, camera)
+    raster = rasterizer.rasterize(st.screen[None])
+    img = interpolate(st.colours[None], mt.triangles, raster.tri_id, raster.bary)[0]
+    return img, raster.tri_id[0] >= 0
+
+
+def _landmark_weights(n: int, dtype, device) -> torch.Tensor:
+    w = torch.ones(n, dtype=dtype, device=device)
+    if n == 68:
+        w[:17] = JAW_WEIGHT
+    return w
+
+
+def _priors(layout: ParamLayout, config: FitConfig, dtype) -> list:
+    blocks = []
+    for name, prec in (("shape", config.shape_prior), ("expression", config.expression_prior),
+                       ("colour", config.colour_prior)):
+        if name in layout.names and prec > 0 and layout.sizes[layout.names.index(name)]:
+            sl = layout.slice(name)
+            blocks.append(GaussianPrior(0.0, precision=float(prec), indices=torch.arange(sl.start, sl.stop),
+                                        name=f"{name}_prior"))
+    if "light" in layout.names and config.light_prior > 0:
+        sl = layout.slice("light")
+        mean = torch.zeros(27, dtype=torch.float64)
+        mean[:3] = AMBIENT_LIGHT
+        blocks.append(GaussianPrior(mean, precision=float(config.light_prior), indices=torch.arange(sl.start, sl.stop),
+                                    name="light_prior"))
+    return blocks
+
+
+def _finite(params: FaceParams) -> bool:
+    return all(bool(torch.isfinite(getattr(params, b)).all()) for b in
+               ("shape", "expression", "colour", "light", "rotation", "translation"))
+
+
+def run_em(
+    model: MorphableModel,
+    crop: torch.Tensor,
+    landmarks: torch.Tensor,
+    camera: Camera,
+    rasterizer,
+    params: FaceParams,
+    config: FitConfig,
+    *,
+    prior_logit: np.ndarray | None = None,
+    progress=None,
+) -> EMOutput:
+    """Run the EM on an aligned crop.
+
+    Args:
+        model: the (possibly truncated) model; ``params`` are sized for it.
+        crop: ``(H, W, 3)`` target image in [0, 1] on the compute device/dtype.
+        landmarks: ``(68, 2)`` crop pixel coordinates.
+        camera, rasterizer: the crop camera and a rasterizer for the model's triangles at ``(H, W)``.
+        params: initial parameters (from :func:`fitem.init.initialise`).
+        config: the fit's settings.
+        prior_logit: optional ``(H, W)`` extra log-odds of "face" (e.g. a segmentation net's prediction).
+        progress: optional tqdm bar, advanced once per round.
+    """
+    t_start = time.perf_counter()
+    dtype, device = crop.dtype, crop.device
+    mt = model.tensors(device, dtype)
+    H, W = camera.height, camera.width
+    crop_np = crop.detach().cpu().numpy().astype(np.float32)
+    lm_index = torch.as_tensor(model.landmark_indices("ibug68"), device=device)
+    lm_weights = _landmark_weights(lm_index.numel(), dtype, device)
+    scale_px = camera.width / 224.0
+    generator = torch.Generator().manual_seed(config.seed)
+    rounds: list[RoundRecord] = []
+    iterations: list[dict] = []
+    failed, message = False, "ran all rounds"
+    timings = {"m_step": 0.0, "e_step": 0.0}
+
+    # --- first E-step: a conservative mask; the unfitted model is not trusted.
+    t0 = time.perf_counter()
+    render, region = render_crop(mt, params, camera, rasterizer)
+    region_np = region.cpu().numpy()
+    if config.use_em:
+        init_mask = occlusion.conservative_initial_mask(crop_np, render.detach().cpu().numpy(), region_np)
+        mask_np = init_mask.mask if hasattr(init_mask, "mask") else np.asarray(init_mask)
+    else:
+        mask_np = region_np.copy()
+    posterior_np = mask_np.astype(np.float32)
+    timings["e_step"] += time.perf_counter() - t0
+    sigma = config.sigma if config.sigma is not None else 0.043
+    final_layout, covariance = None, None
+
+    for r in range(config.rounds):
+        t_round = time.perf_counter()
+        free = config.first_free if r == 0 else config.free
+        n_iter = config.first_iterations if r == 0 else config.iterations
+        layout = ParamLayout.of(params, free)
+        base = params
+        weight_map = torch.as_tensor(mask_np, device=device).to(dtype) if config.use_em else region.to(dtype)
+        lm_w = config.landmark_weight * (config.landmark_decay ** r)
+        photo = PhotometricTerm(mt, camera, rasterizer, crop, weight_map, sigma=sigma,
+                                weight=config.photometric_weight, n_effective=config.effective_pixels,
+                                max_pixels=config.max_pixels, generator=generator)
+        lmk = LandmarkTerm(mt, camera, lm_index, landmarks, sigma_px=config.landmark_sigma * scale_px,
+                           weight=lm_w, point_weight=lm_weights)
+
+        def unflat(x, base=base, layout=layout):
+            return layout.unflatten(x.to(dtype), base)
+
+        def lin_photo(x, photo=photo, layout=layout, unflat=unflat):
+            ne = photo.normal_equations(unflat(x), layout)
+            return torch.tensor(ne.cost, dtype=torch.float64), ne.jtj.double(), ne.jtr.double()
+
+        def lin_lmk(x, lmk=lmk, layout=layout, unflat=unflat):
+            ne = lmk.normal_equations(unflat(x), layout)
+            return torch.tensor(ne.cost, dtype=torch.float64), ne.jtj.double(), ne.jtr.double()
+
+        blocks = [
+            NormalEquationsBlock(lin_photo, lambda x, photo=photo, unflat=unflat: photo.cost(unflat(x)), name="photometric"),
+            NormalEquationsBlock(lin_lmk, lambda x, lmk=lmk, unflat=unflat: lmk.cost(unflat(x)), name="landmarks"),
+            *_priors(layout, config, dtype),
+        ]
+        problem = LeastSquaresProblem(blocks)
+        x0 = layout.flatten(params).double()
+        t0 = time.perf_counter()
+        res = solve(problem, x0, method="lm", max_iterations=max(n_iter, 1) if n_iter else 1)
+        timings["m_step"] += time.perf_counter() - t0
+        new_params = layout.unflatten(res.x.to(dtype), base)
+        for k, c in enumerate(res.cost_history):
+            iterations.append({"round": r, "iteration": k, "cost": float(c)})
+        solver_failed = "FAILED" in str(getattr(res.status, "name", res.status)).upper()
+        if solver_failed or not _finite(new_params):
+            failed, message = True, f"M-step of round {r + 1} failed: {res.message}"
+            log.warning(message)
+            rounds.append(RoundRecord(r + 1, list(free), res.iterations, str(getattr(res.status, "name", res.status)),
+                                      [float(c) for c in res.cost_history], float(posterior_np.mean()), 0.0, sigma,
+                                      lm_w, float("nan"), float("nan"), time.perf_counter() - t_round))
+            break
+        params = new_params
+        final_layout = layout
+        jtj = getattr(res, "jtj", None)
+        if jtj is not None:
+            try:
+                covariance = torch.linalg.inv(jtj.double())
+            except RuntimeError:
+                covariance = None
+
+        # --- E-step
+        t0 = time.perf_counter()
+        render, region = render_crop(mt, params, camera, rasterizer)
+        render_np = render.detach().cpu().numpy().astype(np.float32)
+        region_np = region.cpu().numpy()
+        if not region_np.any():
+            failed, message = True, f"the face left the image in round {r + 1}"
+            break
+        residual = crop_np - render_np
+        if config.use_em:
+            sigma = config.sigma if config.sigma is not None else float(
+                occlusion.robust_sigma(residual, mask_np & region_np if (mask_np & region_np).any() else region_np))
+            face_ll = occlusion.face_loglik(residual, sigma)
+            nonface_ll = occlusion.nonface_loglik(crop_np)
+            new_mask = occlusion.segment(face_ll, nonface_ll, region_np, smoothness=config.smoothness,
+                                         prior_logit=prior_logit)
+            posterior_np = occlusion.posterior(face_ll, nonface_ll).astype(np.float32) * region_np
+        else:
+            new_mask = region_np.copy()
+            posterior_np = region_np.astype(np.float32)
+        n_region = max(int(region_np.sum()), 1)
+        change = float((new_mask != (mask_np & region_np))[region_np].sum()) / n_region
+        mask_np = new_mask
+        timings["e_step"] += time.perf_counter() - t0
+
+        vis = mask_np & region_np
+        rmse = float(np.sqrt((residual[vis] ** 2).mean())) if vis.any() else float("nan")
+        lm_err = float(lmk.reprojection_error(params).median())
+        rounds.append(RoundRecord(
+            round=r + 1, free=list(free), iterations=int(res.iterations),
+            solver_status=str(getattr(res.status, "name", res.status)),
+            cost_history=[float(c) for c in res.cost_history], mask_fraction=float(vis.sum()) / n_region,
+            mask_change=change, sigma=float(sigma), landmark_weight=lm_w, landmark_error_px=lm_err,
+            photometric_rmse=rmse, seconds=time.perf_counter() - t_round,
+        ))
+        if progress is not None:
+            progress.update(1)
+        log.info("round %d: cost %.4g → %.4g, visible %.1f %%, change %.2f %%, rmse %.4f",
+                 r + 1, res.cost_history[0], res.cost_history[-1], 100 * rounds[-1].mask_fraction,
+                 100 * change, rmse)
+        if config.use_em and r >= 1 and change < config.mask_tolerance:
+            message = f"mask converged after {r + 1} rounds"
+            break
+
+    timings["total"] = time.perf_counter() - t_start
+    return EMOutput(
+        params=params, mask=mask_np & region_np, posterior=posterior_np, region=region_np,
+        render=render.detach().cpu().numpy().astype(np.float32), rounds=rounds, iterations=iterations,
+        failed=failed, message=message, covariance=covariance, layout=final_layout, timings=timings,
+    )
+
+
+def laplace_uncertainty(model: MorphableModel, covariance: torch.Tensor, layout: ParamLayout
+                        ) -> tuple[dict[str, list[float]], np.ndarray | None]:
+    """Marginal σ per free block and per-vertex positional σ (mm) from a Laplace covariance.
+
+    The vertex σ is ``sqrt(trace(B_i Σ_geo B_iᵀ))`` with ``B_i`` the vertex's
+    shape + expression basis rows: the RMS positional uncertainty of vertex i.
+    """
+    cov = covariance.double()
+    diag = torch.clamp(torch.diagonal(cov), min=0).sqrt()
+    sigma = {name: diag[layout.slice(name)].tolist() for name in layout.names}
+    geo = [n for n in ("shape", "expression") if n in layout.names and layout.sizes[layout.names.index(n)]]
+    if not geo:
+        return sigma, None
+    idx = torch.cat([torch.arange(layout.slice(n).start, layout.slice(n).stop) for n in geo])
+    cov_g = cov[idx][:, idx]
+    mt = model.tensors(dtype=torch.float64)
+    parts = [mt.shape_basis if n == "shape" else mt.expression_basis for n in geo]
+    basis = torch.cat(parts, dim=-1)  # (N, 3, Kg)
+    var = torch.einsum("ndk,kl,ndl->n", basis, cov_g, basis)
+    return sigma, var.clamp_min(0).sqrt().numpy().astype(np.float32)
+
