@@ -16,6 +16,7 @@ accumulates ``JᵀJ`` and ``Jᵀr`` in pixel chunks and never holds the whole J.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -23,10 +24,11 @@ import torch
 from fitem.models.morphable import ModelTensors
 from fitem.params import FaceParams, ParamLayout
 from fitem.render.camera import FLIP, Camera, rotation_matrix
-from fitem.render.shading import sh_basis
+from fitem.render.shading import SH_CONSTANTS, sh_basis
 
 __all__ = ["VertexState", "VertexJacobians", "vertex_state", "vertex_jacobians", "pixel_values_and_jacobian",
-           "rotation_derivatives", "pixel_barycentrics"]
+           "rotation_derivatives", "pixel_barycentrics",
+           "NormalOperator", "normal_operator", "sh_basis_derivative"]
 
 
 @dataclass(frozen=True)
@@ -49,16 +51,54 @@ class VertexState:
 
 @dataclass(frozen=True)
 class VertexJacobians:
-    """``screen``: ∂(u, v, z)/∂θ, ``colour``: ∂(r, g, b)/∂θ; both ``(N, 3, P)``."""
+    """``screen``: ∂(u, v, z)/∂θ, ``colour``: ∂(r, g, b)/∂θ; both ``(N, 3, P)``.
+
+    ``stacked`` is ``(N, 6, P)`` = both along dim 1 (when both exist; the screen and
+    colour tensors are views into it).
+    """
 
     screen: torch.Tensor
     colour: torch.Tensor
+    stacked: torch.Tensor | None = None
+
+
+def _axis_rotations(euler: torch.Tensor):
+    p, y, r = euler.unbind(-1)
+    cp, sp, cy, sy, cr, sr = torch.cos(p), torch.sin(p), torch.cos(y), torch.sin(y), torch.cos(r), torch.sin(r)
+    one, zero = torch.ones_like(p), torch.zeros_like(p)
+
+    def m(*e):
+        return torch.stack(e).reshape(3, 3)
+
+    rx, drx = m(one, zero, zero, zero, cp, -sp, zero, sp, cp), m(zero, zero, zero, zero, -sp, -cp, zero, cp, -sp)
+    ry, dry = m(cy, zero, sy, zero, one, zero, -sy, zero, cy), m(-sy, zero, cy, zero, zero, zero, -cy, zero, -sy)
+    rz, drz = m(cr, -sr, zero, sr, cr, zero, zero, zero, one), m(-sr, -cr, zero, cr, -sr, zero, zero, zero, zero)
+    return rx, ry, rz, drx, dry, drz
 
 
 def rotation_derivatives(euler: torch.Tensor) -> torch.Tensor:
-    """``(3, 3, 3)``: ``[a]`` = ∂R/∂angle_a for R = rotation_matrix(euler) (pitch, yaw, roll)."""
-    jac = torch.func.jacfwd(rotation_matrix)(euler)  # (3, 3, 3 angles)
-    return jac.permute(2, 0, 1).contiguous()
+    """``(3, 3, 3)``: ``[a]`` = ∂R/∂angle_a for ``R = Rz(roll) Ry(yaw) Rx(pitch)`` (see fitem.render.camera)."""
+    rx, ry, rz, drx, dry, drz = _axis_rotations(euler)
+    return torch.stack([rz @ ry @ drx, rz @ dry @ rx, drz @ ry @ rx])
+
+
+def sh_basis_derivative(normals: torch.Tensor) -> torch.Tensor:
+    """``(N, 9, 3)``: ∂ sh_basis(n)_k / ∂n (analytic; matches :func:`fitem.render.shading.sh_basis`)."""
+    x, y, z = normals.unbind(-1)
+    c = SH_CONSTANTS
+    zero = torch.zeros_like(x)
+    rows = [
+        (zero, zero, zero),
+        (zero, zero + c[1], zero),
+        (zero, zero, zero + c[2]),
+        (zero + c[3], zero, zero),
+        (c[4] * y, c[4] * x, zero),
+        (zero, c[5] * z, c[5] * y),
+        (zero, zero, 6.0 * c[6] * z),
+        (c[7] * z, zero, c[7] * x),
+        (2.0 * c[8] * x, -2.0 * c[8] * y, zero),
+    ]
+    return torch.stack([torch.stack(r, dim=-1) for r in rows], dim=-2)
 
 
 def vertex_state(mt: ModelTensors, params: FaceParams, camera: Camera) -> VertexState:
@@ -158,7 +198,11 @@ def vertex_jacobians(
         return VertexJacobians(dscreen, torch.empty(0, dtype=dtype, device=device))
 
     N = st.vertices.shape[0]
-    dcol = torch.zeros(N, 3, P, dtype=dtype, device=device)
+    stacked = torch.empty(N, 6, P, dtype=dtype, device=device)
+    stacked[:, :3] = dscreen
+    dscreen = stacked[:, :3]
+    dcol = stacked[:, 3:]
+    dcol.zero_()
     albedo, shading = st.albedo, st.shading
     if "colour" in layout.names and mt.colour_basis.shape[-1]:
         dcol[:, :, layout.slice("colour")] = shading[:, :, None] * mt.colour_basis
@@ -172,7 +216,7 @@ def vertex_jacobians(
     need_normals = drot is not None or _geometry_blocks(mt, layout)
     if need_normals:
         # ∂shading_c/∂m (view normal): Σ_k L_kc ∂B_k/∂m.
-        dsh = torch.func.vmap(torch.func.jacfwd(sh_basis))(st.normals_view).to(dtype)  # (N, 9, 3)
+        dsh = sh_basis_derivative(st.normals_view)  # (N, 9, 3)
         dshade_dm = torch.einsum("nkm,kc->ncm", dsh, params.light)  # (N, 3c, 3m)
         dcol_dm = albedo[:, :, None] * dshade_dm  # (N, 3c, 3m)
         if drot is not None:
@@ -184,21 +228,87 @@ def vertex_jacobians(
             nrm = st.normal_raw.norm(dim=-1).clamp_min(1e-12)
             proj = (torch.eye(3, dtype=dtype, device=device) - st.normals[:, :, None] * st.normals[:, None, :])
             dcol_draw = torch.bmm(dcol_dm, st.rotation.expand(N, 3, 3)) @ proj / nrm[:, None, None]  # (N,3c,3)
-            tri = mt.triangles
-            xa, xb, xc = st.vertices[tri[:, 0]], st.vertices[tri[:, 1]], st.vertices[tri[:, 2]]
-            e1, e2 = xb - xa, xc - xa
+            op = normal_operator(mt.triangles, N)
+            bases = torch.cat([b for _, b in geo], dim=-1)  # (N, 3, Kg)
+            draw = op.apply(st.vertices, bases)  # ∂ñ/∂coefficients, (N, 3, Kg)
+            dgeo = torch.bmm(dcol_draw, draw)
+            start = 0
             for sl, basis in geo:
-                ba, bb, bc = basis[tri[:, 0]], basis[tri[:, 1]], basis[tri[:, 2]]
-                de1, de2 = bb - ba, bc - ba  # (T, 3, K)
                 k = basis.shape[-1]
-                dcross = torch.linalg.cross(de1, e2[:, :, None].expand(-1, -1, k), dim=1) + torch.linalg.cross(
-                    e1[:, :, None].expand(-1, -1, k), de2, dim=1
-                )
-                draw = torch.zeros(N, 3, k, dtype=dtype, device=device)
-                for j in range(3):
-                    draw.index_add_(0, tri[:, j], dcross)
-                dcol[:, :, sl] = torch.bmm(dcol_draw, draw)
-    return VertexJacobians(dscreen, dcol)
+                dcol[:, :, sl] = dgeo[:, :, start : start + k]
+                start += k
+    return VertexJacobians(dscreen, dcol, stacked)
+
+
+class NormalOperator:
+    """The linear map ``dX (N, 3, K) ↦ dñ (N, 3, K)`` of unnormalised vertex normals at a mesh state.
+
+    ``ñ_i = Σ_{faces f ∋ i} cross(X_b - X_a, X_c - X_a)``, so
+    ``dñ_i = Σ_{f ∋ i} Σ_{v ∈ f} [E_{f,v}]× dX_v`` with the edge opposite each corner
+    ``E_a = X_c - X_b``, ``E_b = X_a - X_c``, ``E_c = X_b - X_a``. The 3×3 blocks of
+    vertex pairs ``(i, v)`` sharing a face are summed into one sparse CSR matrix
+    ``(3N, 3N)``; its structure depends on the triangles only and is built once.
+    """
+
+    # skew(e) entries: (row, col, component of e, sign)
+    _SKEW = ((0, 1, 2, -1.0), (0, 2, 1, 1.0), (1, 0, 2, 1.0), (1, 2, 0, -1.0), (2, 0, 1, -1.0), (2, 1, 0, 1.0))
+
+    def __init__(self, triangles: torch.Tensor, n_vertices: int) -> None:
+        tri = triangles.long()
+        device = tri.device
+        T = tri.shape[0]
+        # Entries (f, i-slot, v-slot): vertex i of face f receives skew(E_{f,v}) dX_v.
+        i_idx = tri[:, :, None].expand(T, 3, 3)
+        v_idx = tri[:, None, :].expand(T, 3, 3)
+        key = (i_idx * n_vertices + v_idx).reshape(-1)
+        pairs, inverse = torch.unique(key, return_inverse=True)
+        self.inverse = inverse  # (9T,) entry → pair
+        self.n_pairs = pairs.numel()
+        pi, pv = pairs // n_vertices, pairs % n_vertices
+        rows = torch.stack([3 * pi + r for r, _, _, _ in self._SKEW], dim=1).reshape(-1)
+        cols = torch.stack([3 * pv + c for _, c, _, _ in self._SKEW], dim=1).reshape(-1)
+        order = torch.argsort(rows * (3 * n_vertices) + cols)
+        self.order = order
+        self.cols = cols[order]
+        counts = torch.bincount(rows, minlength=3 * n_vertices)
+        self.crow = torch.cat([torch.zeros(1, dtype=torch.long, device=device), counts.cumsum(0)])
+        self.component = torch.tensor([c for _, _, c, _ in self._SKEW], device=device)
+        self.sign = torch.tensor([s for _, _, _, s in self._SKEW])
+        self.triangles = tri
+        self.n = n_vertices
+
+    def matrix(self, vertices: torch.Tensor) -> torch.Tensor:
+        """The sparse CSR ``(3N, 3N)`` matrix at ``vertices`` ``(N, 3)``."""
+        tri = self.triangles
+        xa, xb, xc = vertices[tri[:, 0]], vertices[tri[:, 1]], vertices[tri[:, 2]]
+        edges = torch.stack([xc - xb, xa - xc, xb - xa], dim=1)  # (T, 3 corners v, 3)
+        ent = edges[:, None, :, :].expand(-1, 3, -1, -1).reshape(-1, 3)  # (9T, 3) indexed (f, i, v)
+        s = torch.zeros(self.n_pairs, 3, dtype=vertices.dtype, device=vertices.device).index_add_(0, self.inverse, ent)
+        vals = (s[:, self.component] * self.sign.to(s)).reshape(-1)[self.order]
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.sparse_csr_tensor(self.crow, self.cols, vals, size=(3 * self.n, 3 * self.n),
+                                           check_invariants=False)
+
+    def apply(self, vertices: torch.Tensor, d_vertices: torch.Tensor) -> torch.Tensor:
+        """``dñ`` ``(N, 3, K)`` for vertex perturbations ``d_vertices`` ``(N, 3, K)``."""
+        k = d_vertices.shape[-1]
+        out = self.matrix(vertices) @ d_vertices.reshape(3 * self.n, k)
+        return out.reshape(self.n, 3, k)
+
+
+_NORMAL_OPERATORS: dict = {}
+
+
+def normal_operator(triangles: torch.Tensor, n_vertices: int) -> NormalOperator:
+    """The cached :class:`NormalOperator` of a mesh topology."""
+    key = (triangles.data_ptr(), tuple(triangles.shape), str(triangles.device), n_vertices)
+    op = _NORMAL_OPERATORS.get(key)
+    if op is None:
+        if len(_NORMAL_OPERATORS) > 8:
+            _NORMAL_OPERATORS.clear()
+        op = _NORMAL_OPERATORS[key] = NormalOperator(triangles, n_vertices)
+    return op
 
 
 def _cross2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -270,8 +380,20 @@ def pixel_values_and_jacobian(
 
     col = state.colours[vid]  # (M, 3k, 3c)
     values = torch.einsum("mk,mkc->mc", lam, col)
-    g = torch.einsum("mkc,mkjd->mcjd", col, dlam)  # (M, 3c, 3j, 3d)
-    jscr = jac.screen[vid]  # (M, 3j, 3d, P)
-    jcol = jac.colour[vid]  # (M, 3k, 3c, P)
-    J = torch.einsum("mcjd,mjdp->mcp", g, jscr) + torch.einsum("mk,mkcp->mcp", lam, jcol)
+    g = torch.einsum("mkc,mkjd->mcjd", col, dlam)  # (M, 3c, 3j, 3d): ∂I_c/∂(u, v, z)_j
+    # One gather of the stacked per-vertex Jacobian [∂(u, v, z); ∂(r, g, b)] (N, 6, P).
+    coef = torch.zeros(M, 3, 3, 6, dtype=dtype, device=device)
+    coef[..., :3] = g
+    eye = torch.eye(3, dtype=dtype, device=device)
+    coef[..., 3:] = lam[:, None, :, None] * eye[None, :, None, :]
+    stacked = jac.stacked if jac.stacked is not None else torch.cat([jac.screen, jac.colour], dim=1)
+    N, _, P = stacked.shape
+    # J = C @ S with C a sparse (3M, 6N) matrix of 18 entries per row (3 vertices × 6 rows of the
+    # stacked per-vertex Jacobian S): cheaper than gathering S per pixel.
+    cols = (vid[:, None, :, None] * 6 + torch.arange(6, device=device)).expand(M, 3, 3, 6).reshape(-1)
+    crow = torch.arange(3 * M + 1, device=device) * 18
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        C = torch.sparse_csr_tensor(crow, cols, coef.reshape(-1), size=(3 * M, 6 * N), check_invariants=False)
+    J = (C @ stacked.reshape(6 * N, P)).reshape(M, 3, P)
     return values, J

@@ -16,7 +16,7 @@ from fitem.models.morphable import ModelTensors
 from fitem.params import FaceParams, ParamLayout
 from fitem.render.camera import Camera
 
-__all__ = ["PhotometricTerm", "LandmarkTerm", "prior_normal_equations", "NormalEquations"]
+__all__ = ["PhotometricTerm", "LandmarkTerm", "prior_normal_equations", "NormalEquations", "subset_tensors"]
 
 
 @dataclass
@@ -64,7 +64,7 @@ class PhotometricTerm:
         weight: float = 1.0,
         n_effective: float = 2000.0,
         max_pixels: int | None = 8000,
-        chunk: int = 2048,
+        chunk: int = 8192,
         generator: torch.Generator | None = None,
     ) -> None:
         self.mt = model_tensors
@@ -87,20 +87,31 @@ class PhotometricTerm:
         cols = (cand % W).to(target.dtype)
         self.pixel_uv = torch.stack([cols + 0.5, rows + 0.5], dim=-1)
         self.last_coverage = 0
+        self._cache: list = []
 
-    def _covered(self, screen: torch.Tensor):
-        raster = self.rasterizer.rasterize(screen[None].detach())
+    def _evaluate(self, params: FaceParams):
+        """Forward state and covered sampled pixels at ``params`` (the last two are cached,
+        so the solver's linearisation after an accepted trial step does not redo them)."""
+        key = tuple(float(v) for v in torch.cat([getattr(params, b).reshape(-1) for b in
+                                                 ("shape", "expression", "colour", "light", "rotation",
+                                                  "translation")]).tolist())
+        for k, val in self._cache:
+            if k == key:
+                return val
+        st = vertex_state(self.mt, params, self.camera)
+        raster = self.rasterizer.rasterize(st.screen[None].detach())
         tri = raster.tri_id.reshape(-1)[self.pixels]
         keep = tri >= 0
-        self.last_coverage = int(keep.sum())
-        return tri[keep], self.pixels[keep], self.pixel_uv[keep], raster
+        val = (st, tri[keep], self.pixels[keep], self.pixel_uv[keep])
+        self._cache = [(key, val)] + self._cache[:1]
+        return val
 
     def _scale(self, n_used: int) -> float:
         return self.weight * self.n_effective / max(n_used, 1) / self.sigma**2
 
     def cost(self, params: FaceParams) -> float:
-        st = vertex_state(self.mt, params, self.camera)
-        tri, pix, uv, _ = self._covered(st.screen)
+        st, tri, pix, uv = self._evaluate(params)
+        self.last_coverage = int(tri.numel())
         if tri.numel() == 0:
             return float("inf")
         vid = self.mt.triangles[tri]
@@ -111,8 +122,8 @@ class PhotometricTerm:
         return 0.5 * self._scale(tri.numel()) * float((w[:, None] * r * r).sum())
 
     def normal_equations(self, params: FaceParams, layout: ParamLayout) -> NormalEquations:
-        st = vertex_state(self.mt, params, self.camera)
-        tri, pix, uv, _ = self._covered(st.screen)
+        st, tri, pix, uv = self._evaluate(params)
+        self.last_coverage = int(tri.numel())
         P = layout.size
         dtype, device = st.vertices.dtype, st.vertices.device
         jtj = torch.zeros(P, P, dtype=dtype, device=device)
@@ -155,7 +166,7 @@ class LandmarkTerm:
         weight: float = 1.0,
         point_weight: torch.Tensor | None = None,
     ) -> None:
-        self.mt = model_tensors
+        self.mt = subset_tensors(model_tensors, vertex_index)
         self.camera = camera
         self.index = vertex_index
         self.targets = targets
@@ -165,7 +176,7 @@ class LandmarkTerm:
 
     def _residuals(self, params: FaceParams):
         st = vertex_state(self.mt, params, self.camera)
-        uv = st.screen[self.index, :2]
+        uv = st.screen[:, :2]
         return st, (uv - self.targets) / self.sigma  # (L, 2) whitened
 
     def cost(self, params: FaceParams) -> float:
@@ -182,7 +193,7 @@ class LandmarkTerm:
         if self.weight == 0:
             return NormalEquations(0.0, torch.zeros(P, P, dtype=dtype, device=device),
                                    torch.zeros(P, dtype=dtype, device=device))
-        jac = vertex_jacobians(self.mt, params, layout, self.camera, st, vertex_index=self.index)
+        jac = vertex_jacobians(self.mt, params, layout, self.camera, st, with_colour=False)
         J = jac.screen[:, :2, :] / self.sigma  # (L, 2, P)
         s = (r * r).sum(-1)
         # Cauchy IRLS weights (Triggs et al.): ρ'(s) = 1 / (1 + s); a first-order
@@ -200,6 +211,16 @@ class LandmarkTerm:
         """Per-landmark error in pixels ``(L,)``."""
         _, r = self._residuals(params)
         return r.norm(dim=-1) * self.sigma
+
+
+def subset_tensors(mt: ModelTensors, index: torch.Tensor) -> ModelTensors:
+    """The rows of a model's tensors for a vertex subset (no triangles): cheap landmark evaluation."""
+    return ModelTensors(
+        shape_mean=mt.shape_mean[index], shape_basis=mt.shape_basis[index],
+        expression_mean=mt.expression_mean[index], expression_basis=mt.expression_basis[index],
+        colour_mean=mt.colour_mean[index], colour_basis=mt.colour_basis[index],
+        triangles=torch.zeros(0, 3, dtype=torch.long, device=mt.triangles.device),
+    )
 
 
 def prior_normal_equations(
