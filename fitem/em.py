@@ -209,7 +209,10 @@ def run_em(
             sigma = config.sigma if config.sigma is not None else float(
                 occlusion.robust_sigma(residual, mask_np & region_np if (mask_np & region_np).any() else region_np))
             face_ll = occlusion.face_loglik(residual, sigma)
-            nonface_ll = occlusion.nonface_loglik(crop_np)
+            # Non-face colours: the histogram of the pixels currently believed non-face
+            # (background, and occluders inside the region), not of the face itself.
+            nonface_weight = 1.0 - (mask_np & region_np).astype(np.float64)
+            nonface_ll = occlusion.nonface_loglik(crop_np, weights=nonface_weight)
             new_mask = occlusion.segment(face_ll, nonface_ll, region_np, smoothness=config.smoothness,
                                          prior_logit=prior_logit)
             posterior_np = occlusion.posterior(face_ll, nonface_ll).astype(np.float32) * region_np

@@ -166,24 +166,13 @@ def vertex_jacobians(
     """
     st = state if state is not None else vertex_state(mt, params, camera)
     dtype, device = st.vertices.dtype, st.vertices.device
-    P = layout.size
     idx = vertex_index
     x = st.vertices if idx is None else st.vertices[idx]
     cam = st.cam if idx is None else st.cam[idx]
     n = x.shape[0]
     flip = torch.tensor(FLIP, dtype=dtype, device=device)
     frot = flip[:, None] * st.rotation  # FLIP @ R
-
-    # ∂C/∂θ (camera space), then ∂(u, v, z)/∂C.
-    dcam = torch.zeros(n, 3, P, dtype=dtype, device=device)
-    for sl, basis in _geometry_blocks(mt, layout):
-        b = basis if idx is None else basis[idx]
-        dcam[:, :, sl] = torch.einsum("ij,njk->nik", frot, b)
-    drot = rotation_derivatives(params.rotation) if "rotation" in layout.names else None
-    if drot is not None:
-        dcam[:, :, layout.slice("rotation")] = torch.einsum("aij,nj->nia", drot, x) * flip[None, :, None]
-    if "translation" in layout.names:
-        dcam[:, :, layout.slice("translation")] = torch.eye(3, dtype=dtype, device=device)
+    # ∂(u, v, z)/∂C of the pinhole projection.
     z = cam[:, 2]
     f = camera.focal
     dproj = torch.zeros(n, 3, 3, dtype=dtype, device=device)
@@ -192,52 +181,60 @@ def vertex_jacobians(
     dproj[:, 1, 1] = f / z
     dproj[:, 1, 2] = -f * cam[:, 1] / z**2
     dproj[:, 2, 2] = 1.0
-    dscreen = torch.bmm(dproj, dcam)
+    colour = with_colour and idx is None
+    geo = _geometry_blocks(mt, layout)
+    drot = rotation_derivatives(params.rotation) if "rotation" in layout.names else None
 
-    if idx is not None or not with_colour:
-        return VertexJacobians(dscreen, torch.empty(0, dtype=dtype, device=device))
-
-    N = st.vertices.shape[0]
-    stacked = torch.empty(N, 6, P, dtype=dtype, device=device)
-    stacked[:, :3] = dscreen
-    dscreen = stacked[:, :3]
-    dcol = stacked[:, 3:]
-    dcol.zero_()
-    albedo, shading = st.albedo, st.shading
-    if "colour" in layout.names and mt.colour_basis.shape[-1]:
-        dcol[:, :, layout.slice("colour")] = shading[:, :, None] * mt.colour_basis
-    if "light" in layout.names:
-        sl = layout.slice("light")  # light (9, 3) flattened row-major: column k*3 + c
-        lj = torch.zeros(N, 3, 9, 3, dtype=dtype, device=device)
-        for c in range(3):
-            lj[:, c, :, c] = albedo[:, c : c + 1] * st.sh
-        dcol[:, :, sl] = lj.reshape(N, 3, 27)
-
-    need_normals = drot is not None or _geometry_blocks(mt, layout)
-    if need_normals:
-        # ∂shading_c/∂m (view normal): Σ_k L_kc ∂B_k/∂m.
+    dcol_dm = dcol_draw = dgeo = None
+    if colour and (drot is not None or geo):
+        # ∂shading_c/∂m (view normal) = Σ_k L_kc ∂B_k/∂m; colour = albedo · shading.
         dsh = sh_basis_derivative(st.normals_view)  # (N, 9, 3)
-        dshade_dm = torch.einsum("nkm,kc->ncm", dsh, params.light)  # (N, 3c, 3m)
-        dcol_dm = albedo[:, :, None] * dshade_dm  # (N, 3c, 3m)
-        if drot is not None:
-            dm = torch.einsum("aij,nj->nia", drot, st.normals)  # (N, 3m, 3a)
-            dcol[:, :, layout.slice("rotation")] = torch.bmm(dcol_dm, dm)
-        geo = _geometry_blocks(mt, layout)
+        dcol_dm = st.albedo[:, :, None] * torch.einsum("nkm,kc->ncm", dsh, params.light)  # (N, 3c, 3m)
         if geo:
-            # ∂n/∂ñ = (I - n nᵀ)/|ñ|, then m = R n.
+            # ∂n/∂ñ = (I - n nᵀ)/|ñ|, m = R n; ∂ñ/∂X through the sparse normal operator.
             nrm = st.normal_raw.norm(dim=-1).clamp_min(1e-12)
-            proj = (torch.eye(3, dtype=dtype, device=device) - st.normals[:, :, None] * st.normals[:, None, :])
-            dcol_draw = torch.bmm(dcol_dm, st.rotation.expand(N, 3, 3)) @ proj / nrm[:, None, None]  # (N,3c,3)
-            op = normal_operator(mt.triangles, N)
-            bases = torch.cat([b for _, b in geo], dim=-1)  # (N, 3, Kg)
-            draw = op.apply(st.vertices, bases)  # ∂ñ/∂coefficients, (N, 3, Kg)
-            dgeo = torch.bmm(dcol_draw, draw)
-            start = 0
-            for sl, basis in geo:
-                k = basis.shape[-1]
-                dcol[:, :, sl] = dgeo[:, :, start : start + k]
-                start += k
-    return VertexJacobians(dscreen, dcol, stacked)
+            proj = torch.eye(3, dtype=dtype, device=device) - st.normals[:, :, None] * st.normals[:, None, :]
+            dcol_draw = torch.bmm(dcol_dm @ st.rotation, proj) / nrm[:, None, None]  # (N, 3c, 3)
+            bases = geo[0][1] if len(geo) == 1 else torch.cat([b for _, b in geo], dim=-1)
+            dgeo = _bmm3(dcol_draw, normal_operator(mt.triangles, n).apply(st.vertices, bases))
+
+    rows = 6 if colour else 3
+    parts = []
+    geo_start = 0
+    for name, size in zip(layout.names, layout.sizes):
+        if size == 0:
+            continue
+        part = torch.zeros(n, rows, size, dtype=dtype, device=device) if name in ("colour", "light") else None
+        if name in ("shape", "expression"):
+            basis = mt.shape_basis if name == "shape" else mt.expression_basis
+            b = basis if idx is None else basis[idx]
+            scr = _bmm3(dproj @ frot, b)
+            if colour:
+                part = torch.cat([scr, dgeo[:, :, geo_start : geo_start + size]], dim=1)
+                geo_start += size
+            else:
+                part = scr
+        elif name == "rotation":
+            dcam = torch.einsum("aij,nj->nia", drot, x) * flip[None, :, None]  # (n, 3, 3a)
+            scr = torch.bmm(dproj, dcam)
+            if colour:
+                dm = torch.einsum("aij,nj->nia", drot, st.normals)  # (N, 3m, 3a)
+                part = torch.cat([scr, torch.bmm(dcol_dm, dm)], dim=1)
+            else:
+                part = scr
+        elif name == "translation":
+            part = torch.cat([dproj, torch.zeros(n, 3, 3, dtype=dtype, device=device)], dim=1) if colour else dproj
+        elif name == "colour" and colour:
+            part[:, 3:] = st.shading[:, :, None] * mt.colour_basis
+        elif name == "light" and colour:
+            lj = part[:, 3:].view(n, 3, 9, 3)  # light (9, 3) flattened row-major: column k*3 + c
+            for c in range(3):
+                lj[:, c, :, c] = st.albedo[:, c : c + 1] * st.sh
+        parts.append(part)
+    stacked = torch.cat(parts, dim=-1) if parts else torch.zeros(n, rows, 0, dtype=dtype, device=device)
+    if not colour:
+        return VertexJacobians(stacked, torch.empty(0, dtype=dtype, device=device))
+    return VertexJacobians(stacked[:, :3], stacked[:, 3:], stacked)
 
 
 class NormalOperator:
@@ -309,6 +306,11 @@ def normal_operator(triangles: torch.Tensor, n_vertices: int) -> NormalOperator:
             _NORMAL_OPERATORS.clear()
         op = _NORMAL_OPERATORS[key] = NormalOperator(triangles, n_vertices)
     return op
+
+
+def _bmm3(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a (N, R, 3) @ b (N, 3, K)`` as three broadcast multiply-adds (faster than bmm for tiny R)."""
+    return a[:, :, 0:1] * b[:, None, 0, :] + a[:, :, 1:2] * b[:, None, 1, :] + a[:, :, 2:3] * b[:, None, 2, :]
 
 
 def _cross2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
