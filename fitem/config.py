@@ -31,6 +31,8 @@ class FitConfig:
             model block (None: all).
         sigma: colour noise σ of the face likelihood ([0, 1] images); None
             estimates it robustly from the residuals at every E-step.
+        min_sigma: floor of the robust σ estimate (real photos hold detail no model
+            explains; a σ that shrinks below it over-segments them).
         photometric_weight: weight of the photometric term.
         effective_pixels: how many independent pixels the photometric evidence
             counts as, against the priors (tempers the likelihood).
@@ -43,6 +45,9 @@ class FitConfig:
             coefficients' N(0, 1) priors (1 = the model's own prior).
         light_prior: precision on SH light around the ambient start.
         smoothness: Potts weight of the E-step's graph cut.
+        nonface_histogram: colours of the non-face likelihood: ``"nonface"`` (a histogram
+            of the pixels currently labelled non-face: background and occluders) or
+            ``"image"`` (the whole image, as Egger et al. 2018).
         mask_tolerance: stop when less than this fraction of the face region
             changes label between rounds.
         use_em: False fixes the mask to "all face" (the baseline that the EM must beat).
@@ -62,7 +67,8 @@ class FitConfig:
     n_shape: int | None = None
     n_expression: int | None = None
     n_colour: int | None = None
-    sigma: float | None = 0.043
+    sigma: float | None = None
+    min_sigma: float = 0.02
     photometric_weight: float = 1.0
     effective_pixels: float = 2000.0
     max_pixels: int = 8000
@@ -74,6 +80,7 @@ class FitConfig:
     colour_prior: float = 1.0
     light_prior: float = 0.05
     smoothness: float = 1.0
+    nonface_histogram: str = "image"
     mask_tolerance: float = 0.005
     use_em: bool = True
     backend: str = "auto"
@@ -99,7 +106,7 @@ class FitConfig:
             if v is not None and (not isinstance(v, int) or v < 0):
                 raise ConfigError(f"FitConfig.{name} must be None or an integer ≥ 0, got {v!r}")
         for name in ("photometric_weight", "landmark_weight", "shape_prior", "expression_prior", "colour_prior",
-                     "light_prior", "smoothness", "mask_tolerance", "effective_pixels"):
+                     "light_prior", "smoothness", "mask_tolerance", "effective_pixels", "min_sigma"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ConfigError(f"FitConfig.{name} must be a finite number ≥ 0, got {v!r}")
@@ -117,6 +124,8 @@ class FitConfig:
             if bad or not v:
                 raise ConfigError(f"FitConfig.{name} must name parameter blocks from {list(BLOCKS)}, got {v!r}")
             object.__setattr__(self, name, v)
+        if self.nonface_histogram not in ("nonface", "image"):
+            raise ConfigError(f"FitConfig.nonface_histogram must be 'nonface' or 'image', got {self.nonface_histogram!r}")
         if self.backend not in _BACKENDS:
             raise ConfigError(f"FitConfig.backend must be one of {_BACKENDS}, got {self.backend!r}")
 

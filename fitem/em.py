@@ -206,12 +206,15 @@ def run_em(
             break
         residual = crop_np - render_np
         if config.use_em:
-            sigma = config.sigma if config.sigma is not None else float(
-                occlusion.robust_sigma(residual, mask_np & region_np if (mask_np & region_np).any() else region_np))
+            # σ from the whole region (MAD is robust to the occluded minority); estimating it
+            # on the current mask only would shrink it round after round.
+            sigma = config.sigma if config.sigma is not None else max(
+                config.min_sigma, float(occlusion.robust_sigma(residual, region_np)))
             face_ll = occlusion.face_loglik(residual, sigma)
             # Non-face colours: the histogram of the pixels currently believed non-face
             # (background, and occluders inside the region), not of the face itself.
-            nonface_weight = 1.0 - (mask_np & region_np).astype(np.float64)
+            nonface_weight = (1.0 - (mask_np & region_np).astype(np.float64)
+                              if config.nonface_histogram == "nonface" else None)
             nonface_ll = occlusion.nonface_loglik(crop_np, weights=nonface_weight)
             new_mask = occlusion.segment(face_ll, nonface_ll, region_np, smoothness=config.smoothness,
                                          prior_logit=prior_logit)
