@@ -33,9 +33,12 @@ class FitConfig:
             estimates it robustly from the residuals at every E-step.
         min_sigma: floor of the robust σ estimate (real photos hold detail no model
             explains; a σ that shrinks below it over-segments them).
+        sigma_from: estimate σ on the ``"region"`` or on the current ``"mask"``.
         photometric_weight: weight of the photometric term.
         effective_pixels: how many independent pixels the photometric evidence
             counts as, against the priors (tempers the likelihood).
+        robust_scale: the M-step's Cauchy loss on each pixel's colour residual has scale
+            ``robust_scale · σ`` (0 = plain least squares).
         max_pixels: pixels sampled per M-step for the photometric term.
         landmark_weight: weight of the landmark term in round 1;
             multiplied by ``landmark_decay`` every round.
@@ -67,10 +70,12 @@ class FitConfig:
     n_shape: int | None = None
     n_expression: int | None = None
     n_colour: int | None = None
-    sigma: float | None = None
+    sigma: float | None = 0.043
     min_sigma: float = 0.02
+    sigma_from: str = "mask"
     photometric_weight: float = 1.0
     effective_pixels: float = 2000.0
+    robust_scale: float = 3.0
     max_pixels: int = 8000
     landmark_weight: float = 1.0
     landmark_sigma: float = 3.0
@@ -80,7 +85,7 @@ class FitConfig:
     colour_prior: float = 1.0
     light_prior: float = 0.05
     smoothness: float = 1.0
-    nonface_histogram: str = "image"
+    nonface_histogram: str = "nonface"
     mask_tolerance: float = 0.005
     use_em: bool = True
     backend: str = "auto"
@@ -106,7 +111,8 @@ class FitConfig:
             if v is not None and (not isinstance(v, int) or v < 0):
                 raise ConfigError(f"FitConfig.{name} must be None or an integer ≥ 0, got {v!r}")
         for name in ("photometric_weight", "landmark_weight", "shape_prior", "expression_prior", "colour_prior",
-                     "light_prior", "smoothness", "mask_tolerance", "effective_pixels", "min_sigma"):
+                     "light_prior", "smoothness", "mask_tolerance", "effective_pixels", "min_sigma",
+                     "robust_scale"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ConfigError(f"FitConfig.{name} must be a finite number ≥ 0, got {v!r}")
@@ -124,6 +130,8 @@ class FitConfig:
             if bad or not v:
                 raise ConfigError(f"FitConfig.{name} must name parameter blocks from {list(BLOCKS)}, got {v!r}")
             object.__setattr__(self, name, v)
+        if self.sigma_from not in ("region", "mask"):
+            raise ConfigError(f"FitConfig.sigma_from must be 'region' or 'mask', got {self.sigma_from!r}")
         if self.nonface_histogram not in ("nonface", "image"):
             raise ConfigError(f"FitConfig.nonface_histogram must be 'nonface' or 'image', got {self.nonface_histogram!r}")
         if self.backend not in _BACKENDS:

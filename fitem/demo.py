@@ -31,9 +31,9 @@ def demo_image() -> tuple[np.ndarray, np.ndarray]:
     img = load_image(skimage.data.astronaut())
     lm = detect_landmarks(img).ibug68
     nose, chin = lm[33], lm[8]
-    left, right = lm[4], lm[12]
-    x0, x1 = int(left[0] + 0.15 * (nose[0] - left[0])), int(right[0] + 0.1 * (right[0] - nose[0]))
-    y0, y1 = int(nose[1] + 0.35 * (chin[1] - nose[1])), int(chin[1] + 0.15 * (chin[1] - nose[1]))
+    left, right = lm[3], lm[13]
+    x0, x1 = int(left[0]), int(right[0])
+    y0, y1 = int(nose[1] + 0.25 * (chin[1] - nose[1])), int(chin[1] + 0.2 * (chin[1] - nose[1]))
     h, w = img.shape[:2]
     x0, x1, y0, y1 = max(x0, 0), min(x1, w), max(y0, 0), min(y1, h)
     texture = load_image(skimage.data.coffee())

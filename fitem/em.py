@@ -151,6 +151,7 @@ def run_em(
         lm_w = config.landmark_weight * (config.landmark_decay ** r)
         photo = PhotometricTerm(mt, camera, rasterizer, crop, weight_map, sigma=sigma,
                                 weight=config.photometric_weight, n_effective=config.effective_pixels,
+                                robust_scale=config.robust_scale or None,
                                 max_pixels=config.max_pixels, generator=generator)
         lmk = LandmarkTerm(mt, camera, lm_index, landmarks, sigma_px=config.landmark_sigma * scale_px,
                            weight=lm_w, point_weight=lm_weights)
@@ -206,10 +207,12 @@ def run_em(
             break
         residual = crop_np - render_np
         if config.use_em:
-            # σ from the whole region (MAD is robust to the occluded minority); estimating it
-            # on the current mask only would shrink it round after round.
+            # σ robustly (MAD) from the residuals of the current face mask, or of the whole
+            # region; the floor keeps it from shrinking round after round on real photos.
+            sigma_pixels = region_np if config.sigma_from == "region" or not (mask_np & region_np).any() \
+                else (mask_np & region_np)
             sigma = config.sigma if config.sigma is not None else max(
-                config.min_sigma, float(occlusion.robust_sigma(residual, region_np)))
+                config.min_sigma, float(occlusion.robust_sigma(residual, sigma_pixels)))
             face_ll = occlusion.face_loglik(residual, sigma)
             # Non-face colours: the histogram of the pixels currently believed non-face
             # (background, and occluders inside the region), not of the face itself.

@@ -47,6 +47,9 @@ class PhotometricTerm:
         sigma: colour noise σ.
         weight: global weight of the term.
         n_effective: effective number of independent pixels (see above).
+        robust_scale: Cauchy loss on each pixel's colour residual norm with scale
+            ``robust_scale · σ`` (None: plain least squares). Pixels the mask wrongly
+            keeps (an occluder not found yet) then pull the fit far less.
         max_pixels: at most this many pixels are sampled (None: all).
         chunk: pixels per chunk when accumulating JᵀJ.
         generator: torch.Generator for the pixel subset (reproducible).
@@ -63,6 +66,7 @@ class PhotometricTerm:
         sigma: float = 0.043,
         weight: float = 1.0,
         n_effective: float = 2000.0,
+        robust_scale: float | None = 3.0,
         max_pixels: int | None = 8000,
         chunk: int = 8192,
         generator: torch.Generator | None = None,
@@ -82,6 +86,7 @@ class PhotometricTerm:
         self.sigma = float(sigma)
         self.weight = float(weight)
         self.n_effective = float(n_effective)
+        self.robust = None if robust_scale is None else float(robust_scale) * float(sigma)
         self.chunk = int(chunk)
         rows = (cand // W).to(target.dtype)
         cols = (cand % W).to(target.dtype)
@@ -119,7 +124,15 @@ class PhotometricTerm:
         values = torch.einsum("mk,mkc->mc", lam, st.colours[vid])
         r = values - self.target[pix]
         w = self.pixel_weight[pix]
-        return 0.5 * self._scale(tri.numel()) * float((w[:, None] * r * r).sum())
+        rho, _ = self._loss((r * r).sum(-1))
+        return 0.5 * self._scale(tri.numel()) * float((w * rho).sum())
+
+    def _loss(self, sq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(ρ(|r|²), ρ'(|r|²))`` per pixel: Cauchy ``c² log(1 + |r|²/c²)`` or plain ``|r|²``."""
+        if self.robust is None:
+            return sq, torch.ones_like(sq)
+        c2 = self.robust**2
+        return c2 * torch.log1p(sq / c2), 1.0 / (1.0 + sq / c2)
 
     def normal_equations(self, params: FaceParams, layout: ParamLayout) -> NormalEquations:
         st, tri, pix, uv = self._evaluate(params)
@@ -137,12 +150,15 @@ class PhotometricTerm:
             sl = slice(start, start + self.chunk)
             values, J = pixel_values_and_jacobian(st, jac, self.mt.triangles, tri[sl], uv[sl])
             r = values - self.target[pix[sl]]
-            sw = (self.pixel_weight[pix[sl]] * scale).sqrt()[:, None]
+            w = self.pixel_weight[pix[sl]] * scale
+            rho, drho = self._loss((r * r).sum(-1))
+            # IRLS (first-order) rescaling: JᵀJ and Jᵀr of sqrt(w ρ') r, so Jᵀr is the cost's gradient.
+            sw = (w * drho).sqrt()[:, None]
             rw = (r * sw).reshape(-1)
             Jw = (J * sw[:, :, None]).reshape(-1, P)
             jtj += Jw.T @ Jw
             jtr += Jw.T @ rw
-            cost += 0.5 * float(rw @ rw)
+            cost += 0.5 * float((w * rho).sum())
         return NormalEquations(cost, jtj, jtr)
 
 
