@@ -8,6 +8,17 @@ from fitem.render.camera import (
     to_camera,
     to_view,
 )
+from fitem.render.interpolate import barycentrics, interpolate
+from fitem.render.raster import (
+    NvdiffrastRasterizer,
+    RasterOutput,
+    Rasterizer,
+    TorchRasterizer,
+    make_rasterizer,
+    nvdiffrast_available,
+)
+from fitem.render.renderer import RenderOutput, render, render_params
+from fitem.render.shading import SH_CONSTANTS, sh_basis, shade, vertex_normals
 
 __all__ = [
     "Camera",
@@ -17,4 +28,19 @@ __all__ = [
     "rotation_matrix",
     "to_camera",
     "to_view",
+    "barycentrics",
+    "interpolate",
+    "NvdiffrastRasterizer",
+    "RasterOutput",
+    "Rasterizer",
+    "TorchRasterizer",
+    "make_rasterizer",
+    "nvdiffrast_available",
+    "RenderOutput",
+    "render",
+    "render_params",
+    "SH_CONSTANTS",
+    "sh_basis",
+    "shade",
+    "vertex_normals",
 ]

@@ -19,11 +19,12 @@ Conventions:
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
 from fitem.errors import ShapeError, check_shape
-from fitem.render._checks import check_triangles, check_vertices
+from fitem.render._checks import check_triangles, check_vertices, derived
 
 __all__ = [
     "SH_NORMALISATION",
@@ -77,10 +78,57 @@ def face_normals(vertices: torch.Tensor, triangles: torch.Tensor) -> torch.Tenso
     """
     check_vertices("vertices", vertices)
     check_triangles(triangles, vertices.shape[-2])
-    v0 = vertices[..., triangles[:, 0], :]
-    v1 = vertices[..., triangles[:, 1], :]
-    v2 = vertices[..., triangles[:, 2], :]
-    return torch.linalg.cross(v1 - v0, v2 - v0, dim=-1)
+    batched = vertices.dim() == 3
+    fx, fy, fz = _face_normals_soa(vertices if batched else vertices.unsqueeze(0), triangles)
+    out = torch.stack([fx, fy, fz], dim=-1)
+    return out if batched else out[0]
+
+
+def _face_normals_soa(vertices: torch.Tensor, triangles: torch.Tensor):
+    """Components ``(B, T)`` each of ``cross(v1 - v0, v2 - v0)`` for ``vertices (B, N, 3)``."""
+    b, n = vertices.shape[:2]
+    t = triangles.shape[0]
+    soa = torch.stack(vertices.unbind(-1)).reshape(3, b * n)  # (3, B*N), contiguous
+    idx = derived(triangles, ("vertex_index", b, n, str(vertices.device)),
+                  lambda: (triangles.t().unsqueeze(1) + (torch.arange(b, device=triangles.device) * n).view(1, b, 1))
+                  .reshape(-1).to(vertices.device))
+    g = soa.index_select(1, idx).view(3, 3, b, t)  # [coord, vertex, batch, triangle]
+    x, y, z = g[0], g[1], g[2]
+    ax, ay, az = x[1] - x[0], y[1] - y[0], z[1] - z[0]
+    bx, by, bz = x[2] - x[0], y[2] - y[0], z[2] - z[0]
+    return ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx
+
+
+def _incidence(triangles: torch.Tensor, n_vertices: int, dtype: torch.dtype, device: torch.device):
+    """Sparse CSR vertex-face incidence ``(N, T)`` (1 where vertex i is a corner of face t) and its
+    transpose ``(T, N)``, cached per triangle tensor."""
+
+    def build():
+        t = triangles.shape[0]
+        rows = triangles.t().reshape(-1).to(device)
+        cols = torch.arange(t, device=device).repeat(3)
+        vals = torch.ones(3 * t, dtype=dtype, device=device)
+        with warnings.catch_warnings():  # "sparse CSR support is in beta": the mm used here is stable
+            warnings.simplefilter("ignore", UserWarning)
+            inc = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (n_vertices, t)).coalesce()
+            inc_t = torch.sparse_coo_tensor(torch.stack([cols, rows]), vals, (t, n_vertices)).coalesce()
+            return inc.to_sparse_csr(), inc_t.to_sparse_csr()
+
+    return derived(triangles, ("incidence", n_vertices, dtype, str(device)), build)
+
+
+class _SparseProduct(torch.autograd.Function):
+    """``S @ x`` for a constant sparse ``S`` whose transpose is given (autograd's own backward
+    would transpose ``S`` on every call)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, s: torch.Tensor, s_t: torch.Tensor) -> torch.Tensor:
+        ctx.s_t = s_t
+        return s @ x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return ctx.s_t @ grad, None, None
 
 
 def vertex_normals(vertices: torch.Tensor, triangles: torch.Tensor) -> torch.Tensor:
@@ -90,6 +138,8 @@ def vertex_normals(vertices: torch.Tensor, triangles: torch.Tensor) -> torch.Ten
     incident to vertex ``i`` of the *unnormalised* ``cross(v1 - v0, v2 - v0)``
     (so each face counts with twice its area). Right-hand rule: outward for
     counter-clockwise-from-outside winding. A vertex in no triangle gets ``0``.
+    The sum is a sparse (vertex × face incidence) matrix product, cached per
+    triangle tensor.
 
     Args:
         vertices: ``(B, N, 3)`` or ``(N, 3)`` float positions.
@@ -103,16 +153,21 @@ def vertex_normals(vertices: torch.Tensor, triangles: torch.Tensor) -> torch.Ten
         >>> vertex_normals(v, torch.tensor([[0, 1, 2]]))[0]
         tensor([0., 0., 1.])
     """
-    fn = face_normals(vertices, triangles)  # (..., T, 3)
+    check_vertices("vertices", vertices)
+    check_triangles(triangles, vertices.shape[-2])
     batched = vertices.dim() == 3
-    if not batched:
-        fn = fn.unsqueeze(0)
-    b, n = fn.shape[0], vertices.shape[-2]
-    # each face adds its normal to its three vertices: one index_add over 3T rows
-    idx = triangles.reshape(-1)
-    contrib = fn.unsqueeze(2).expand(b, fn.shape[1], 3, 3).reshape(b, -1, 3)
-    acc = torch.zeros(b, n, 3, dtype=vertices.dtype, device=vertices.device).index_add(1, idx, contrib)
-    out = torch.nn.functional.normalize(acc, dim=-1, eps=NORMAL_EPS)
+    v = vertices if batched else vertices.unsqueeze(0)
+    n = v.shape[1]
+    inc, inc_t = _incidence(triangles, n, v.dtype, v.device)
+    # (N, B) per component: sum of the incident faces' cross products
+    comps = _face_normals_soa(v, triangles)
+    if v.shape[0] == 1:
+        mx, my, mz = (_SparseProduct.apply(c[0], inc, inc_t).unsqueeze(1) for c in comps)
+    else:
+        mx, my, mz = (_SparseProduct.apply(c.t().contiguous(), inc, inc_t) for c in comps)
+    # |m| clamped at NORMAL_EPS (clamping the square keeps the gradient finite at m = 0)
+    norm = torch.sqrt((mx * mx + my * my + mz * mz).clamp_min(NORMAL_EPS * NORMAL_EPS))
+    out = torch.stack([mx / norm, my / norm, mz / norm], dim=-1).transpose(0, 1)  # (B, N, 3)
     return out if batched else out[0]
 
 
@@ -148,6 +203,28 @@ def sh_basis(normals: torch.Tensor) -> torch.Tensor:
         ],
         dim=-1,
     )
+
+
+def _sh_basis_cf(normals: torch.Tensor) -> torch.Tensor:
+    """:func:`sh_basis` channels-first: normals ``(B, N, 3)`` → ``(B, 9, N)`` (no interleaving copy)."""
+    x, y, z = normals.unbind(-1)
+    c = SH_CONSTANTS
+    return torch.stack(
+        [torch.full_like(x, c[0]), c[1] * y, c[2] * z, c[3] * x, c[4] * (x * y), c[5] * (y * z),
+         c[6] * (3.0 * z * z - 1.0), c[7] * (x * z), c[8] * (x * x - y * y)],
+        dim=1,
+    )
+
+
+def _shade_cf(albedo_cf: torch.Tensor, normals_view: torch.Tensor, light: torch.Tensor,
+              gain: torch.Tensor | None, offset: torch.Tensor | None) -> torch.Tensor:
+    """:func:`shade` channels-first: ``albedo_cf (B, 3, N)`` → colours ``(B, 3, N)`` (inputs already checked)."""
+    colour = albedo_cf * torch.bmm(light.transpose(1, 2), _sh_basis_cf(normals_view))
+    if gain is not None:
+        colour = colour * gain.unsqueeze(2)
+    if offset is not None:
+        colour = colour + offset.unsqueeze(2)
+    return colour
 
 
 def shade(
