@@ -63,8 +63,8 @@ class FitConfig:
 
     size: int = 224
     rounds: int = 3
-    iterations: int = 6
-    first_iterations: int = 4
+    iterations: int = 5
+    first_iterations: int = 3
     free: tuple[str, ...] = BLOCKS
     first_free: tuple[str, ...] = ("colour", "light", "rotation", "translation")
     n_shape: int | None = None
@@ -76,7 +76,7 @@ class FitConfig:
     photometric_weight: float = 1.0
     effective_pixels: float = 2000.0
     robust_scale: float = 3.0
-    max_pixels: int = 8000
+    max_pixels: int = 4000
     landmark_weight: float = 1.0
     landmark_sigma: float = 3.0
     landmark_decay: float = 0.5

@@ -140,6 +140,7 @@ def run_em(
     timings["e_step"] += time.perf_counter() - t0
     sigma = config.sigma if config.sigma is not None else 0.043
     final_layout, covariance = None, None
+    last_problem, last_x = None, None
 
     for r in range(config.rounds):
         t_round = time.perf_counter()
@@ -175,7 +176,8 @@ def run_em(
         problem = LeastSquaresProblem(blocks)
         x0 = layout.flatten(params).double()
         t0 = time.perf_counter()
-        res = solve(problem, x0, method="lm", max_iterations=max(n_iter, 1) if n_iter else 1)
+        # JᵀJ at the solution is needed only after the last round (Laplace uncertainty).
+        res = solve(problem, x0, method="lm", max_iterations=max(n_iter, 1), final_jtj=(r == config.rounds - 1))
         timings["m_step"] += time.perf_counter() - t0
         new_params = layout.unflatten(res.x.to(dtype), base)
         for k, c in enumerate(res.cost_history):
@@ -190,12 +192,7 @@ def run_em(
             break
         params = new_params
         final_layout = layout
-        jtj = getattr(res, "jtj", None)
-        if jtj is not None:
-            try:
-                covariance = torch.linalg.inv(jtj.double())
-            except RuntimeError:
-                covariance = None
+        last_problem, last_x = problem, res.x
 
         # --- E-step
         t0 = time.perf_counter()
@@ -249,6 +246,14 @@ def run_em(
             message = f"mask converged after {r + 1} rounds"
             break
 
+    if not failed and final_layout is not None:
+        # Laplace approximation: covariance = (JᵀJ of the whole cost at the solution)⁻¹.
+        try:
+            jtj = last_problem.linearize(last_x.double()).jtj
+            covariance = torch.linalg.pinv(jtj, hermitian=True)
+        except (RuntimeError, ValueError) as exc:  # a singular or non-finite system: no uncertainty
+            log.warning("no posterior uncertainty: %s", exc)
+            covariance = None
     timings["total"] = time.perf_counter() - t_start
     return EMOutput(
         params=params, mask=mask_np & region_np, posterior=posterior_np, region=region_np,

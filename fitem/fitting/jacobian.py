@@ -155,9 +155,9 @@ def vertex_jacobians(
         layout: which blocks are free, and their column offsets in P.
         camera: the pinhole camera.
         state: the forward pass from :func:`vertex_state` (computed if None).
-        vertex_index: optional ``(M,)`` subset of vertices (e.g. landmarks) for
-            the screen Jacobian; colour Jacobians need all vertices' normals and
-            are only computed when ``vertex_index`` is None.
+        vertex_index: optional ``(M,)`` subset of vertices (e.g. those of the
+            sampled pixels' triangles, or landmarks): rows are computed for these
+            only (normals still see every neighbour).
         with_colour: compute the colour Jacobian too.
 
     Returns:
@@ -181,30 +181,35 @@ def vertex_jacobians(
     dproj[:, 1, 1] = f / z
     dproj[:, 1, 2] = -f * cam[:, 1] / z**2
     dproj[:, 2, 2] = 1.0
-    colour = with_colour and idx is None
+    colour = with_colour
+
+    def rows(t: torch.Tensor) -> torch.Tensor:
+        return t if idx is None else t[idx]
     geo = _geometry_blocks(mt, layout)
     drot = rotation_derivatives(params.rotation) if "rotation" in layout.names else None
 
     dcol_dm = dcol_draw = dgeo = None
     if colour and (drot is not None or geo):
         # ∂shading_c/∂m (view normal) = Σ_k L_kc ∂B_k/∂m; colour = albedo · shading.
-        dsh = sh_basis_derivative(st.normals_view)  # (N, 9, 3)
-        dcol_dm = st.albedo[:, :, None] * torch.einsum("nkm,kc->ncm", dsh, params.light)  # (N, 3c, 3m)
+        dsh = sh_basis_derivative(rows(st.normals_view))  # (n, 9, 3)
+        dcol_dm = rows(st.albedo)[:, :, None] * torch.einsum("nkm,kc->ncm", dsh, params.light)  # (n, 3c, 3m)
         if geo:
             # ∂n/∂ñ = (I - n nᵀ)/|ñ|, m = R n; ∂ñ/∂X through the sparse normal operator.
-            nrm = st.normal_raw.norm(dim=-1).clamp_min(1e-12)
-            proj = torch.eye(3, dtype=dtype, device=device) - st.normals[:, :, None] * st.normals[:, None, :]
-            dcol_draw = torch.bmm(dcol_dm @ st.rotation, proj) / nrm[:, None, None]  # (N, 3c, 3)
+            normals = rows(st.normals)
+            nrm = rows(st.normal_raw).norm(dim=-1).clamp_min(1e-12)
+            proj = torch.eye(3, dtype=dtype, device=device) - normals[:, :, None] * normals[:, None, :]
+            dcol_draw = torch.bmm(dcol_dm @ st.rotation, proj) / nrm[:, None, None]  # (n, 3c, 3)
             bases = geo[0][1] if len(geo) == 1 else torch.cat([b for _, b in geo], dim=-1)
-            dgeo = _bmm3(dcol_draw, normal_operator(mt.triangles, n).apply(st.vertices, bases))
+            op = normal_operator(mt.triangles, st.vertices.shape[0])
+            dgeo = _bmm3(dcol_draw, op.apply(st.vertices, bases, rows=idx))
 
-    rows = 6 if colour else 3
+    n_rows = 6 if colour else 3
     parts = []
     geo_start = 0
     for name, size in zip(layout.names, layout.sizes):
         if size == 0:
             continue
-        part = torch.zeros(n, rows, size, dtype=dtype, device=device) if name in ("colour", "light") else None
+        part = torch.zeros(n, n_rows, size, dtype=dtype, device=device) if name in ("colour", "light") else None
         if name in ("shape", "expression"):
             basis = mt.shape_basis if name == "shape" else mt.expression_basis
             b = basis if idx is None else basis[idx]
@@ -218,20 +223,20 @@ def vertex_jacobians(
             dcam = torch.einsum("aij,nj->nia", drot, x) * flip[None, :, None]  # (n, 3, 3a)
             scr = torch.bmm(dproj, dcam)
             if colour:
-                dm = torch.einsum("aij,nj->nia", drot, st.normals)  # (N, 3m, 3a)
+                dm = torch.einsum("aij,nj->nia", drot, rows(st.normals))  # (n, 3m, 3a)
                 part = torch.cat([scr, torch.bmm(dcol_dm, dm)], dim=1)
             else:
                 part = scr
         elif name == "translation":
             part = torch.cat([dproj, torch.zeros(n, 3, 3, dtype=dtype, device=device)], dim=1) if colour else dproj
         elif name == "colour" and colour:
-            part[:, 3:] = st.shading[:, :, None] * mt.colour_basis
+            part[:, 3:] = rows(st.shading)[:, :, None] * rows(mt.colour_basis)
         elif name == "light" and colour:
             lj = part[:, 3:].view(n, 3, 9, 3)  # light (9, 3) flattened row-major: column k*3 + c
             for c in range(3):
-                lj[:, c, :, c] = st.albedo[:, c : c + 1] * st.sh
+                lj[:, c, :, c] = rows(st.albedo)[:, c : c + 1] * rows(st.sh)
         parts.append(part)
-    stacked = torch.cat(parts, dim=-1) if parts else torch.zeros(n, rows, 0, dtype=dtype, device=device)
+    stacked = torch.cat(parts, dim=-1) if parts else torch.zeros(n, n_rows, 0, dtype=dtype, device=device)
     if not colour:
         return VertexJacobians(stacked, torch.empty(0, dtype=dtype, device=device))
     return VertexJacobians(stacked[:, :3], stacked[:, 3:], stacked)
@@ -274,24 +279,36 @@ class NormalOperator:
         self.triangles = tri
         self.n = n_vertices
 
-    def matrix(self, vertices: torch.Tensor) -> torch.Tensor:
-        """The sparse CSR ``(3N, 3N)`` matrix at ``vertices`` ``(N, 3)``."""
+    def matrix(self, vertices: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The sparse CSR ``(3N, 3N)`` matrix at ``vertices`` ``(N, 3)``, or only the
+        3 rows of each vertex in ``rows`` (``(3R, 3N)``)."""
         tri = self.triangles
         xa, xb, xc = vertices[tri[:, 0]], vertices[tri[:, 1]], vertices[tri[:, 2]]
         edges = torch.stack([xc - xb, xa - xc, xb - xa], dim=1)  # (T, 3 corners v, 3)
         ent = edges[:, None, :, :].expand(-1, 3, -1, -1).reshape(-1, 3)  # (9T, 3) indexed (f, i, v)
         s = torch.zeros(self.n_pairs, 3, dtype=vertices.dtype, device=vertices.device).index_add_(0, self.inverse, ent)
         vals = (s[:, self.component] * self.sign.to(s)).reshape(-1)[self.order]
+        crow, cols = self.crow, self.cols
+        n_rows = 3 * self.n
+        if rows is not None:
+            sel = (3 * rows[:, None] + torch.arange(3, device=rows.device)).reshape(-1)
+            starts, counts = crow[sel], crow[sel + 1] - crow[sel]
+            crow = torch.cat([torch.zeros(1, dtype=crow.dtype, device=crow.device), counts.cumsum(0)])
+            total = int(crow[-1])
+            pick = torch.repeat_interleave(starts - crow[:-1], counts, output_size=total) + torch.arange(
+                total, device=crow.device)
+            cols, vals, n_rows = cols[pick], vals[pick], sel.numel()
         with warnings.catch_warnings():  # "sparse CSR support is in beta"
             warnings.simplefilter("ignore", UserWarning)
-            return torch.sparse_csr_tensor(self.crow, self.cols, vals, size=(3 * self.n, 3 * self.n),
-                                           check_invariants=False)
+            return torch.sparse_csr_tensor(crow, cols, vals, size=(n_rows, 3 * self.n), check_invariants=False)
 
-    def apply(self, vertices: torch.Tensor, d_vertices: torch.Tensor) -> torch.Tensor:
-        """``dñ`` ``(N, 3, K)`` for vertex perturbations ``d_vertices`` ``(N, 3, K)``."""
+    def apply(self, vertices: torch.Tensor, d_vertices: torch.Tensor, rows: torch.Tensor | None = None
+              ) -> torch.Tensor:
+        """``dñ`` ``(N, 3, K)`` (or ``(R, 3, K)`` for the vertices ``rows``) for vertex
+        perturbations ``d_vertices`` ``(N, 3, K)``."""
         k = d_vertices.shape[-1]
-        out = self.matrix(vertices) @ d_vertices.reshape(3 * self.n, k)
-        return out.reshape(self.n, 3, k)
+        out = self.matrix(vertices, rows) @ d_vertices.reshape(3 * self.n, k)
+        return out.reshape(-1, 3, k)
 
 
 _NORMAL_OPERATORS: dict = {}
@@ -332,6 +349,8 @@ def pixel_values_and_jacobian(
     triangles: torch.Tensor,
     pixel_tri: torch.Tensor,
     pixel_uv: torch.Tensor,
+    *,
+    jacobian_vid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rendered colours and their Jacobian at covered pixels.
 
@@ -340,6 +359,8 @@ def pixel_values_and_jacobian(
         triangles: ``(T, 3)`` long.
         pixel_tri: ``(M,)`` triangle id of each pixel (all ≥ 0).
         pixel_uv: ``(M, 2)`` pixel-centre coordinates ``(j + 0.5, i + 0.5)``.
+        jacobian_vid: ``(M, 3)`` rows of ``jac`` for the triangles' vertices when
+            ``jac`` holds a vertex subset (default: the vertex indices themselves).
 
     Returns:
         ``(values (M, 3), J (M, 3, P))``. Barycentrics are the perspective-correct
@@ -392,7 +413,8 @@ def pixel_values_and_jacobian(
     N, _, P = stacked.shape
     # J = C @ S with C a sparse (3M, 6N) matrix of 18 entries per row (3 vertices × 6 rows of the
     # stacked per-vertex Jacobian S): cheaper than gathering S per pixel.
-    cols = (vid[:, None, :, None] * 6 + torch.arange(6, device=device)).expand(M, 3, 3, 6).reshape(-1)
+    jv = vid if jacobian_vid is None else jacobian_vid
+    cols = (jv[:, None, :, None] * 6 + torch.arange(6, device=device)).expand(M, 3, 3, 6).reshape(-1)
     crow = torch.arange(3 * M + 1, device=device) * 18
     with warnings.catch_warnings():  # "sparse CSR support is in beta"
         warnings.simplefilter("ignore", UserWarning)

@@ -143,12 +143,16 @@ class PhotometricTerm:
         jtr = torch.zeros(P, dtype=dtype, device=device)
         if tri.numel() == 0:
             return NormalEquations(float("inf"), jtj, jtr)
-        jac = vertex_jacobians(self.mt, params, layout, self.camera, st)
+        # Per-vertex Jacobians only for the vertices of the sampled pixels' triangles.
+        used, local = torch.unique(self.mt.triangles[tri], return_inverse=True)
+        jac = vertex_jacobians(self.mt, params, layout, self.camera, st, vertex_index=used)
+        local_tri = local.reshape(-1, 3)
         scale = self._scale(tri.numel())
         cost = 0.0
         for start in range(0, tri.numel(), self.chunk):
             sl = slice(start, start + self.chunk)
-            values, J = pixel_values_and_jacobian(st, jac, self.mt.triangles, tri[sl], uv[sl])
+            values, J = pixel_values_and_jacobian(st, jac, self.mt.triangles, tri[sl], uv[sl],
+                                                  jacobian_vid=local_tri[sl])
             r = values - self.target[pix[sl]]
             w = self.pixel_weight[pix[sl]] * scale
             rho, drho = self._loss((r * r).sum(-1))

@@ -105,3 +105,16 @@ def test_landmark_screen_jacobian_matches_jacfwd():
     ref = torch.func.jacfwd(f)(layout.flatten(params))
     err = (jac.screen - ref).abs().max() / ref.abs().max()
     assert err <= 1e-8 and not math.isnan(float(err))
+
+
+def test_vertex_subset_rows_equal_full_rows():
+    model = _dome_model(seed=5)
+    mt = model.tensors(dtype=torch.float64)
+    cam = Camera.default(224)
+    params = _params(model, seed=6)
+    layout = ParamLayout.of(params)
+    st = vertex_state(mt, params, cam)
+    full = vertex_jacobians(mt, params, layout, cam, st)
+    rows = torch.tensor([0, 3, 17, 40, 41, 80])
+    sub = vertex_jacobians(mt, params, layout, cam, st, vertex_index=rows)
+    torch.testing.assert_close(sub.stacked, full.stacked[rows], rtol=1e-12, atol=1e-12)
