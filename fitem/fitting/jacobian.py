@@ -101,14 +101,19 @@ def sh_basis_derivative(normals: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.stack(r, dim=-1) for r in rows], dim=-2)
 
 
+def _apply_basis(basis: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+    """``(N, 3, K) @ (K,) -> (N, 3)`` as one matrix-vector product."""
+    n, _, k = basis.shape
+    if k == 0:
+        return torch.zeros(n, 3, dtype=basis.dtype, device=basis.device)
+    return torch.mv(basis.reshape(3 * n, k), coefficients).reshape(n, 3)
+
+
 def vertex_state(mt: ModelTensors, params: FaceParams, camera: Camera) -> VertexState:
     """Forward pass of one (unbatched) face, keeping what the Jacobians need."""
-    x = (
-        mt.shape_mean + mt.expression_mean
-        + torch.einsum("nck,k->nc", mt.shape_basis, params.shape)
-        + torch.einsum("nck,k->nc", mt.expression_basis, params.expression)
-    )
-    albedo = mt.colour_mean + torch.einsum("nck,k->nc", mt.colour_basis, params.colour)
+    x = mt.shape_mean + mt.expression_mean + _apply_basis(mt.shape_basis, params.shape) + _apply_basis(
+        mt.expression_basis, params.expression)
+    albedo = mt.colour_mean + _apply_basis(mt.colour_basis, params.colour)
     rot = rotation_matrix(params.rotation)
     flip = torch.tensor(FLIP, dtype=x.dtype, device=x.device)
     cam = (x @ rot.T) * flip + params.translation
@@ -186,6 +191,7 @@ def vertex_jacobians(
     def rows(t: torch.Tensor) -> torch.Tensor:
         return t if idx is None else t[idx]
     geo = _geometry_blocks(mt, layout)
+    geo_named = [("shape" if b is mt.shape_basis else "expression", b) for _, b in geo]
     drot = rotation_derivatives(params.rotation) if "rotation" in layout.names else None
 
     dcol_dm = dcol_draw = dgeo = None
@@ -199,13 +205,13 @@ def vertex_jacobians(
             nrm = rows(st.normal_raw).norm(dim=-1).clamp_min(1e-12)
             proj = torch.eye(3, dtype=dtype, device=device) - normals[:, :, None] * normals[:, None, :]
             dcol_draw = torch.bmm(dcol_dm @ st.rotation, proj) / nrm[:, None, None]  # (n, 3c, 3)
-            bases = geo[0][1] if len(geo) == 1 else torch.cat([b for _, b in geo], dim=-1)
             op = normal_operator(mt.triangles, st.vertices.shape[0])
-            dgeo = _bmm3(dcol_draw, op.apply(st.vertices, bases, rows=idx))
+            matrix = op.matrix(st.vertices, idx)  # (3n, 3N) sparse
+            dgeo = {name: _bmm3(dcol_draw, (matrix @ b.reshape(-1, b.shape[-1])).reshape(-1, 3, b.shape[-1]))
+                    for name, b in geo_named}
 
     n_rows = 6 if colour else 3
     parts = []
-    geo_start = 0
     for name, size in zip(layout.names, layout.sizes):
         if size == 0:
             continue
@@ -215,8 +221,7 @@ def vertex_jacobians(
             b = basis if idx is None else basis[idx]
             scr = _bmm3(dproj @ frot, b)
             if colour:
-                part = torch.cat([scr, dgeo[:, :, geo_start : geo_start + size]], dim=1)
-                geo_start += size
+                part = torch.cat([scr, dgeo[name]], dim=1)
             else:
                 part = scr
         elif name == "rotation":
