@@ -29,9 +29,9 @@ def _cmd_model_info(args: argparse.Namespace) -> int:
     print(f"model      {summary['name']}")
     print(f"vertices   {summary['vertices']}")
     print(f"triangles  {summary['triangles']}")
-    print(f"shape      {summary['shape_components']} components")
-    print(f"expression {summary['expression_components']} components")
-    print(f"colour     {summary['colour_components']} components")
+    for block in ("shape", "expression", "colour"):
+        print(f"{block:<10} {summary['components'][block]} components")
+    print(f"extent     {' x '.join(f'{x:.0f}' for x in summary['extent_mm'])} mm")
     lms = ", ".join(f"{k} ({v})" for k, v in summary["landmarks"].items()) or "none"
     print(f"landmarks  {lms}")
     print(f"checksum   {summary['checksum']}")
