@@ -33,7 +33,7 @@ def demo_image() -> tuple[np.ndarray, np.ndarray]:
     nose, chin = lm[33], lm[8]
     left, right = lm[3], lm[13]
     x0, x1 = int(left[0]), int(right[0])
-    y0, y1 = int(nose[1] + 0.25 * (chin[1] - nose[1])), int(chin[1] + 0.2 * (chin[1] - nose[1]))
+    y0, y1 = int(nose[1] + 0.1 * (chin[1] - nose[1])), int(chin[1] + 0.1 * (chin[1] - nose[1]))
     h, w = img.shape[:2]
     x0, x1, y0, y1 = max(x0, 0), min(x1, w), max(y0, 0), min(y1, h)
     texture = load_image(skimage.data.coffee())
@@ -49,6 +49,15 @@ def demo_image() -> tuple[np.ndarray, np.ndarray]:
     return out, mask
 
 
+def _face_box(landmarks: np.ndarray, shape: tuple[int, int], margin: float = 2.0) -> tuple[slice, slice]:
+    """A square window around the landmarks, ``margin`` × their extent, clipped to the image."""
+    lo, hi = landmarks.min(0), landmarks.max(0)
+    centre, half = (lo + hi) / 2, margin * float((hi - lo).max()) / 2
+    x0, y0 = (int(max(0, c - half)) for c in centre)
+    x1, y1 = int(min(shape[1], centre[0] + half)), int(min(shape[0], centre[1] + half))
+    return slice(y0, y1), slice(x0, x1)
+
+
 def run_demo(out: Path, config: FitConfig | None = None) -> Path:
     """Fit the demo photograph; write the result folder and ``demo.png`` under ``out``."""
     from fitem.api import fit
@@ -61,7 +70,9 @@ def run_demo(out: Path, config: FitConfig | None = None) -> Path:
     out = Path(out)
     result.save(out, image=image)
     render_on_image = np.where(result.face_region[..., None], np.clip(result.render, 0, 1), image * 0.35)
-    picture = side_by_side(image, render_on_image, result.overlay(image), height=384)
+    box = _face_box(result.landmarks, image.shape[:2])
+    panels = [p[box] for p in (image, render_on_image, result.overlay(image))]
+    picture = side_by_side(*panels, height=320)
     _atomic_write_bytes(out / "demo.png", _png_bytes(picture))
     log.info("demo fit: %s (%s), %.2f s", result.status.value, result.message, result.timings.get("total", 0.0))
     return out
