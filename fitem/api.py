@@ -13,7 +13,6 @@ from fitem.config import FitConfig
 from fitem.em import laplace_uncertainty, run_em
 from fitem.errors import ConfigError
 from fitem.models import MorphableModel, load_model
-from fitem.models.morphable import LinearBlock
 from fitem.params import FaceParams
 from fitem.render.camera import Camera
 from fitem.result import FitResult, FitStatus

@@ -61,7 +61,7 @@ def _face_box(landmarks: np.ndarray, shape: tuple[int, int], margin: float = 2.0
 def run_demo(out: Path, config: FitConfig | None = None) -> Path:
     """Fit the demo photograph; write the result folder and ``demo.png`` under ``out``."""
     from fitem.api import fit
-    from fitem.result import _atomic_write_bytes, _png_bytes
+    from fitem._files import atomic_write_bytes, png_bytes
     from fitem.viz import side_by_side
 
     config = config or FitConfig(progress=True)
@@ -73,6 +73,6 @@ def run_demo(out: Path, config: FitConfig | None = None) -> Path:
     box = _face_box(result.landmarks, image.shape[:2])
     panels = [p[box] for p in (image, render_on_image, result.overlay(image))]
     picture = side_by_side(*panels, height=320)
-    _atomic_write_bytes(out / "demo.png", _png_bytes(picture))
+    atomic_write_bytes(out / "demo.png", png_bytes(picture))
     log.info("demo fit: %s (%s), %.2f s", result.status.value, result.message, result.timings.get("total", 0.0))
     return out

@@ -116,7 +116,7 @@ def run_em(
     t_start = time.perf_counter()
     dtype, device = crop.dtype, crop.device
     mt = model.tensors(device, dtype)
-    H, W = camera.height, camera.width
+
     crop_np = crop.detach().cpu().numpy().astype(np.float32)
     lm_index = torch.as_tensor(model.landmark_indices("ibug68"), device=device)
     lm_weights = _landmark_weights(lm_index.numel(), dtype, device)

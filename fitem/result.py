@@ -4,7 +4,6 @@ from __future__ import annotations
 import enum
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fitem._files import atomic_write_bytes, png_bytes
 from fitem.errors import InvalidInputError
 from fitem.params import FaceParams
 
@@ -43,30 +43,6 @@ class RoundRecord:
     landmark_error_px: float  #: median landmark reprojection error (crop pixels)
     photometric_rmse: float  #: RMSE over the visible face (crop)
     seconds: float
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _png_bytes(image: np.ndarray) -> bytes:
-    import cv2
-
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(".png", image)
-    if not ok:
-        raise InvalidInputError("could not encode PNG")
-    return buf.tobytes()
 
 
 @dataclass
@@ -164,12 +140,12 @@ class FitResult:
         if ``image`` is given, ``overlay.png``. Every file is written atomically."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_write_bytes(out / "mask.png", _png_bytes(self.mask.astype(np.uint8) * 255))
-        _atomic_write_bytes(out / "occlusion.png", _png_bytes(self.occlusion.astype(np.uint8) * 255))
-        _atomic_write_bytes(out / "render.png", _png_bytes((np.clip(self.render, 0, 1) * 255 + 0.5).astype(np.uint8)))
+        atomic_write_bytes(out / "mask.png", png_bytes(self.mask.astype(np.uint8) * 255))
+        atomic_write_bytes(out / "occlusion.png", png_bytes(self.occlusion.astype(np.uint8) * 255))
+        atomic_write_bytes(out / "render.png", png_bytes((np.clip(self.render, 0, 1) * 255 + 0.5).astype(np.uint8)))
         if image is not None:
-            _atomic_write_bytes(out / "overlay.png", _png_bytes(self.overlay(image)))
-        _atomic_write_bytes(out / "mesh.ply", _ply_bytes(self.vertices, self.triangles, self.vertex_colours))
+            atomic_write_bytes(out / "overlay.png", png_bytes(self.overlay(image)))
+        atomic_write_bytes(out / "mesh.ply", _ply_bytes(self.vertices, self.triangles, self.vertex_colours))
         import io
 
         buf = io.BytesIO()
@@ -184,9 +160,9 @@ class FitResult:
             vertex_sigma=np.zeros(0, np.float32) if self.vertex_sigma is None else self.vertex_sigma.astype(np.float32),
             render=self.render.astype(np.float32),
         )
-        _atomic_write_bytes(out / "arrays.npz", buf.getvalue())
+        atomic_write_bytes(out / "arrays.npz", buf.getvalue())
         # params.json last: its presence marks a complete result folder.
-        _atomic_write_bytes(out / "params.json", json.dumps(self.summary(), indent=1, default=_json_default).encode())
+        atomic_write_bytes(out / "params.json", json.dumps(self.summary(), indent=1, default=_json_default).encode())
         return out
 
     @staticmethod

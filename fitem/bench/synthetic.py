@@ -78,8 +78,6 @@ import functools
 import json
 import logging
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
@@ -88,6 +86,7 @@ import cv2
 import numpy as np
 import torch
 
+from fitem._files import atomic_write_bytes, png_bytes
 from fitem.errors import ConfigError, InvalidInputError
 from fitem.models.morphable import MorphableModel
 from fitem.params import AMBIENT_LIGHT, FaceParams
@@ -977,27 +976,6 @@ def make_dataset(
 
 
 # =========================================================================== save / load
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _png(arr: np.ndarray) -> bytes:
-    if arr.ndim == 3:
-        arr = arr[..., ::-1]  # RGB → BGR for OpenCV
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(arr))
-    if not ok:
-        raise InvalidInputError("could not encode a PNG image")
-    return buf.tobytes()
 
 
 def _npz(**arrays: np.ndarray) -> bytes:
@@ -1050,10 +1028,10 @@ def save_dataset(samples: Sequence[SyntheticSample], out_dir: str | Path, *, ove
         if not isinstance(s, SyntheticSample):
             raise InvalidInputError(f"samples[{i}]: expected a SyntheticSample, got {type(s).__name__}")
         sid = f"{i:06d}"
-        _atomic_write(out / f"{sid}_image.png", _png(np.round(s.image * 255.0).astype(np.uint8)))
+        atomic_write_bytes(out / f"{sid}_image.png", png_bytes(np.round(s.image * 255.0).astype(np.uint8)))
         for key, m in (("region", s.face_region), ("occluder", s.occluder_mask), ("visible", s.visible_face)):
-            _atomic_write(out / f"{sid}_{key}.png", _png(m.astype(np.uint8) * 255))
-        _atomic_write(out / f"{sid}_truth.npz", _npz(vertices=s.vertices, landmarks68=s.landmarks68))
+            atomic_write_bytes(out / f"{sid}_{key}.png", png_bytes(m.astype(np.uint8) * 255))
+        atomic_write_bytes(out / f"{sid}_truth.npz", _npz(vertices=s.vertices, landmarks68=s.landmarks68))
         entries.append({
             "id": sid, "seed": s.seed, "occluder_class": s.occluder_class, "params": s.params.as_dict(),
             "camera": _camera_dict(s.camera), "info": dict(s.info),
@@ -1063,7 +1041,7 @@ def save_dataset(samples: Sequence[SyntheticSample], out_dir: str | Path, *, ove
         manifest["config"] = config.as_dict()
     if model is not None:
         manifest["model"] = {"name": model.name, "checksum": model.checksum}
-    _atomic_write(manifest_path, json.dumps(manifest, indent=1).encode())
+    atomic_write_bytes(manifest_path, json.dumps(manifest, indent=1).encode())
     return out
 
 

@@ -75,7 +75,7 @@ class PhotometricTerm:
         self.camera = camera
         self.rasterizer = rasterizer
         self.target = target.reshape(-1, 3)
-        H, W = camera.height, camera.width
+        W = camera.width
         w = pixel_weight.reshape(-1).to(target.dtype)
         cand = torch.nonzero(w > 0).reshape(-1)
         if max_pixels is not None and cand.numel() > max_pixels:

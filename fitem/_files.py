@@ -1,0 +1,43 @@
+"""Crash-safe file writing shared by results, data sets and pictures."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from fitem.errors import InvalidInputError
+
+__all__ = ["atomic_write_bytes", "png_bytes"]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename,
+    so a reader (or a resumed run) never sees a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """PNG encoding of an RGB ``(H, W, 3)`` or grey ``(H, W)`` uint8/uint16 array."""
+    import cv2
+
+    arr = np.asarray(image)
+    if arr.ndim == 3:
+        arr = arr[..., ::-1]  # RGB → BGR for OpenCV
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(arr))
+    if not ok:
+        raise InvalidInputError("could not encode a PNG image")
+    return buf.tobytes()
