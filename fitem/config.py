@@ -63,7 +63,7 @@ class FitConfig:
 
     size: int = 224
     rounds: int = 3
-    iterations: int = 5
+    iterations: int = 4
     first_iterations: int = 3
     free: tuple[str, ...] = BLOCKS
     first_free: tuple[str, ...] = ("colour", "light", "rotation", "translation")
@@ -76,7 +76,7 @@ class FitConfig:
     photometric_weight: float = 1.0
     effective_pixels: float = 2000.0
     robust_scale: float = 3.0
-    max_pixels: int = 4000
+    max_pixels: int = 3000
     landmark_weight: float = 1.0
     landmark_sigma: float = 3.0
     landmark_decay: float = 0.5
