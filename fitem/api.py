@@ -151,7 +151,7 @@ def fit(
         progress = tqdm(total=config.rounds, desc="EM rounds", unit="round", leave=False)
     try:
         em = run_em(mdl, torch.as_tensor(crop, device=dev, dtype=dtype), torch.as_tensor(lm_crop, device=dev, dtype=dtype),
-                    camera, rasterizer, params, config, progress=progress)
+                    camera, rasterizer, params, config, valid=transform.valid_mask(img.shape), progress=progress)
     finally:
         if progress is not None:
             progress.close()

@@ -99,6 +99,7 @@ def run_em(
     config: FitConfig,
     *,
     prior_logit: np.ndarray | None = None,
+    valid: np.ndarray | None = None,
     progress=None,
 ) -> EMOutput:
     """Run the EM on an aligned crop.
@@ -111,6 +112,8 @@ def run_em(
         params: initial parameters (from :func:`fitem.init.initialise`).
         config: the fit's settings.
         prior_logit: optional ``(H, W)`` extra log-odds of "face" (e.g. a segmentation net's prediction).
+        valid: optional ``(H, W)`` bool, crop pixels that hold image data (the crop of a face near
+            the image border is padded); others are never counted as visible face.
         progress: optional tqdm bar, advanced once per round.
     """
     t_start = time.perf_counter()
@@ -118,6 +121,7 @@ def run_em(
     mt = model.tensors(device, dtype)
 
     crop_np = crop.detach().cpu().numpy().astype(np.float32)
+    valid_np = np.ones(crop_np.shape[:2], bool) if valid is None else np.asarray(valid, bool)
     lm_index = torch.as_tensor(model.landmark_indices("ibug68"), device=device)
     lm_weights = _landmark_weights(lm_index.numel(), dtype, device)
     scale_px = camera.width / 224.0
@@ -133,9 +137,9 @@ def run_em(
     region_np = region.cpu().numpy()
     if config.use_em:
         init_mask = occlusion.conservative_initial_mask(crop_np, render.detach().cpu().numpy(), region_np)
-        mask_np = init_mask.mask if hasattr(init_mask, "mask") else np.asarray(init_mask)
+        mask_np = init_mask.mask & valid_np
     else:
-        mask_np = region_np.copy()
+        mask_np = region_np & valid_np
     posterior_np = mask_np.astype(np.float32)
     timings["e_step"] += time.perf_counter() - t0
     sigma = config.sigma if config.sigma is not None else 0.043
@@ -222,6 +226,7 @@ def run_em(
         else:
             new_mask = region_np.copy()
             posterior_np = region_np.astype(np.float32)
+        new_mask = new_mask & valid_np
         n_region = max(int(region_np.sum()), 1)
         change = float((new_mask != (mask_np & region_np))[region_np].sum()) / n_region
         mask_np = new_mask
