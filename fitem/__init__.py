@@ -1,12 +1,31 @@
 """fitem: fit a 3D Morphable Model to one photograph and segment what occludes the face.
 
-The public surface grows as the layers land; see README.md.
+>>> import fitem
+>>> result = fitem.fit("photo.jpg")          # doctest: +SKIP
+>>> result.mask, result.params.shape          # doctest: +SKIP
+
+See README.md for the command line and the models.
 """
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from fitem.errors import FitemError  # noqa: E402
+from fitem.api import fit  # noqa: E402
+from fitem.config import FitConfig  # noqa: E402
+from fitem.errors import FitemError, NoFaceError  # noqa: E402
 from fitem.models import MorphableModel, load_model  # noqa: E402
+from fitem.params import FaceParams  # noqa: E402
+from fitem.result import FitResult, FitStatus  # noqa: E402
 
-__all__ = ["__version__", "FitemError", "MorphableModel", "load_model"]
+__all__ = [
+    "__version__",
+    "FaceParams",
+    "FitConfig",
+    "FitResult",
+    "FitStatus",
+    "FitemError",
+    "MorphableModel",
+    "NoFaceError",
+    "fit",
+    "load_model",
+]

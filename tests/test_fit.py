@@ -110,3 +110,10 @@ def test_bad_inputs(model, scarf):
     no_lms = MorphableModel(model.name, model.shape, model.expression, model.colour, model.triangles, landmarks={})
     with pytest.raises(ModelError, match="landmark"):
         fit(scarf.image, landmarks=scarf.landmarks68, model=no_lms)
+
+
+def test_public_api_at_package_level():
+    import fitem
+
+    assert fitem.fit is fit and fitem.FitConfig is FitConfig and fitem.FitResult is FitResult
+    assert fitem.FitConfig().hash() == FitConfig().hash() != FitConfig(rounds=4).hash()
