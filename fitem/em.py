@@ -21,7 +21,7 @@ from fitem.fitting.jacobian import vertex_state
 from fitem.fitting.terms import LandmarkTerm, PhotometricTerm
 from fitem.models.morphable import MorphableModel
 from fitem.optim import GaussianPrior, LeastSquaresProblem, NormalEquationsBlock, solve
-from fitem.params import AMBIENT_LIGHT, FaceParams, ParamLayout
+from fitem.params import AMBIENT_LIGHT, BLOCKS, FaceParams, ParamLayout
 from fitem.render.camera import Camera
 from fitem.render.interpolate import interpolate
 from fitem.result import RoundRecord
@@ -85,8 +85,20 @@ def _priors(layout: ParamLayout, config: FitConfig, dtype) -> list:
 
 
 def _finite(params: FaceParams) -> bool:
-    return all(bool(torch.isfinite(getattr(params, b)).all()) for b in
-               ("shape", "expression", "colour", "light", "rotation", "translation"))
+    return all(bool(torch.isfinite(getattr(params, b)).all()) for b in BLOCKS)
+
+
+def _face_term_block(term, layout: ParamLayout, base: FaceParams, dtype, name: str) -> NormalEquationsBlock:
+    """A face term (cost / normal_equations of :class:`FaceParams`) as a solver block over the flat ``x``."""
+
+    def unflat(x: torch.Tensor) -> FaceParams:
+        return layout.unflatten(x.to(dtype), base)
+
+    def linearize(x: torch.Tensor):
+        ne = term.normal_equations(unflat(x), layout)
+        return torch.tensor(ne.cost, dtype=torch.float64), ne.jtj.double(), ne.jtr.double()
+
+    return NormalEquationsBlock(linearize, lambda x: term.cost(unflat(x)), name=name)
 
 
 def run_em(
@@ -152,7 +164,7 @@ def run_em(
         n_iter = config.first_iterations if r == 0 else config.iterations
         layout = ParamLayout.of(params, free)
         base = params
-        weight_map = torch.as_tensor(mask_np, device=device).to(dtype) if config.use_em else region.to(dtype)
+        weight_map = torch.as_tensor(mask_np, device=device).to(dtype)  # all of the region without the EM
         lm_w = config.landmark_weight * (config.landmark_decay ** r)
         photo = PhotometricTerm(mt, camera, rasterizer, crop, weight_map, sigma=sigma,
                                 weight=config.photometric_weight, n_effective=config.effective_pixels,
@@ -161,20 +173,9 @@ def run_em(
         lmk = LandmarkTerm(mt, camera, lm_index, landmarks, sigma_px=config.landmark_sigma * scale_px,
                            weight=lm_w, point_weight=lm_weights)
 
-        def unflat(x, base=base, layout=layout):
-            return layout.unflatten(x.to(dtype), base)
-
-        def lin_photo(x, photo=photo, layout=layout, unflat=unflat):
-            ne = photo.normal_equations(unflat(x), layout)
-            return torch.tensor(ne.cost, dtype=torch.float64), ne.jtj.double(), ne.jtr.double()
-
-        def lin_lmk(x, lmk=lmk, layout=layout, unflat=unflat):
-            ne = lmk.normal_equations(unflat(x), layout)
-            return torch.tensor(ne.cost, dtype=torch.float64), ne.jtj.double(), ne.jtr.double()
-
         blocks = [
-            NormalEquationsBlock(lin_photo, lambda x, photo=photo, unflat=unflat: photo.cost(unflat(x)), name="photometric"),
-            NormalEquationsBlock(lin_lmk, lambda x, lmk=lmk, unflat=unflat: lmk.cost(unflat(x)), name="landmarks"),
+            _face_term_block(photo, layout, base, dtype, "photometric"),
+            _face_term_block(lmk, layout, base, dtype, "landmarks"),
             *_priors(layout, config, dtype),
         ]
         problem = LeastSquaresProblem(blocks)

@@ -1,4 +1,5 @@
-"""Cost terms of the M-step: photometric (mask-weighted), landmarks, coefficient priors.
+"""Cost terms of the M-step: photometric (mask-weighted) and landmarks (priors are
+:class:`fitem.optim.GaussianPrior` blocks).
 
 Each term evaluates at a flat parameter vector of a :class:`~fitem.params.ParamLayout`
 and returns either the cost alone or ``(cost, JᵀJ, Jᵀr)`` of its whitened
@@ -16,7 +17,7 @@ from fitem.models.morphable import ModelTensors
 from fitem.params import FaceParams, ParamLayout
 from fitem.render.camera import Camera
 
-__all__ = ["PhotometricTerm", "LandmarkTerm", "prior_normal_equations", "NormalEquations", "subset_tensors"]
+__all__ = ["PhotometricTerm", "LandmarkTerm", "NormalEquations", "subset_tensors"]
 
 
 @dataclass
@@ -241,24 +242,3 @@ def subset_tensors(mt: ModelTensors, index: torch.Tensor) -> ModelTensors:
         colour_mean=mt.colour_mean[index], colour_basis=mt.colour_basis[index],
         triangles=torch.zeros(0, 3, dtype=torch.long, device=mt.triangles.device),
     )
-
-
-def prior_normal_equations(
-    x: torch.Tensor, layout: ParamLayout, precision: dict[str, float], mean: dict[str, torch.Tensor] | None = None
-) -> NormalEquations:
-    """Gaussian priors ``0.5 · Σ_blocks p_b · |x_b - μ_b|²`` on named blocks (closed form)."""
-    P = layout.size
-    jtj = torch.zeros(P, P, dtype=x.dtype, device=x.device)
-    jtr = torch.zeros(P, dtype=x.dtype, device=x.device)
-    cost = 0.0
-    for name, p in precision.items():
-        if name not in layout.names or p == 0:
-            continue
-        sl = layout.slice(name)
-        mu = mean.get(name) if mean else None
-        d = x[sl] - (mu.reshape(-1) if mu is not None else 0.0)
-        idx = torch.arange(sl.start, sl.stop, device=x.device)
-        jtj[idx, idx] += p
-        jtr[sl] += p * d
-        cost += 0.5 * p * float(d @ d)
-    return NormalEquations(cost, jtj, jtr)
