@@ -26,7 +26,7 @@ from fitem.render.camera import Camera
 from fitem.render.interpolate import interpolate
 from fitem.result import RoundRecord
 
-__all__ = ["EMOutput", "run_em", "render_crop", "laplace_uncertainty", "JAW_WEIGHT"]
+__all__ = ["EMOutput", "MStep", "m_step_problem", "run_em", "render_crop", "laplace_uncertainty", "JAW_WEIGHT"]
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,55 @@ def _face_term_block(term, layout: ParamLayout, base: FaceParams, dtype, name: s
     return NormalEquationsBlock(linearize, lambda x: term.cost(unflat(x)), name=name)
 
 
+@dataclass
+class MStep:
+    """The energy one M-step minimises, over the flat vector ``x`` of the free blocks.
+
+    ``problem`` is what :func:`fitem.optim.solve` takes; :meth:`energy` is the same
+    value as a tensor that autograd can differentiate (what a first-order
+    optimiser such as Adam would minimise: the benchmark's baseline).
+    """
+
+    problem: LeastSquaresProblem
+    layout: ParamLayout
+    base: FaceParams
+    photometric: PhotometricTerm
+    landmarks: LandmarkTerm
+    priors: list
+
+    def energy(self, x: torch.Tensor) -> torch.Tensor:
+        params = self.layout.unflatten(x.to(self.base.shape.dtype), self.base)
+        total = self.photometric.energy(params).double() + self.landmarks.energy(params).double()
+        for prior in self.priors:
+            total = total + prior.cost(x)
+        return total
+
+
+def m_step_problem(mt, crop: torch.Tensor, landmarks: torch.Tensor, lm_index: torch.Tensor, camera: Camera,
+                   rasterizer, params: FaceParams, mask: np.ndarray, config: FitConfig, *, round_index: int,
+                   sigma: float, generator: torch.Generator | None = None) -> MStep:
+    """Build round ``round_index``'s M-step energy: the photometric term weighted by ``mask``
+    ((H, W) bool or float), the landmark term with its decayed weight, and the priors."""
+    free = config.first_free if round_index == 0 else config.free
+    layout = ParamLayout.of(params, free)
+    dtype, device = crop.dtype, crop.device
+    weight_map = torch.as_tensor(np.asarray(mask), device=device).to(dtype)
+    photo = PhotometricTerm(mt, camera, rasterizer, crop, weight_map, sigma=sigma,
+                            weight=config.photometric_weight, n_effective=config.effective_pixels,
+                            robust_scale=config.robust_scale or None,
+                            max_pixels=config.max_pixels, generator=generator)
+    lmk = LandmarkTerm(mt, camera, lm_index, landmarks, sigma_px=config.landmark_sigma * camera.width / 224.0,
+                       weight=config.landmark_weight * (config.landmark_decay ** round_index),
+                       point_weight=_landmark_weights(lm_index.numel(), dtype, device))
+    priors = _priors(layout, config, dtype)
+    blocks = [
+        _face_term_block(photo, layout, params, dtype, "photometric"),
+        _face_term_block(lmk, layout, params, dtype, "landmarks"),
+        *priors,
+    ]
+    return MStep(LeastSquaresProblem(blocks), layout, params, photo, lmk, priors)
+
+
 def run_em(
     model: MorphableModel,
     crop: torch.Tensor,
@@ -135,8 +184,6 @@ def run_em(
     crop_np = crop.detach().cpu().numpy().astype(np.float32)
     valid_np = np.ones(crop_np.shape[:2], bool) if valid is None else np.asarray(valid, bool)
     lm_index = torch.as_tensor(model.landmark_indices("ibug68"), device=device)
-    lm_weights = _landmark_weights(lm_index.numel(), dtype, device)
-    scale_px = camera.width / 224.0
     generator = torch.Generator().manual_seed(config.seed)
     rounds: list[RoundRecord] = []
     iterations: list[dict] = []
@@ -162,23 +209,10 @@ def run_em(
         t_round = time.perf_counter()
         free = config.first_free if r == 0 else config.free
         n_iter = config.first_iterations if r == 0 else config.iterations
-        layout = ParamLayout.of(params, free)
-        base = params
-        weight_map = torch.as_tensor(mask_np, device=device).to(dtype)  # all of the region without the EM
-        lm_w = config.landmark_weight * (config.landmark_decay ** r)
-        photo = PhotometricTerm(mt, camera, rasterizer, crop, weight_map, sigma=sigma,
-                                weight=config.photometric_weight, n_effective=config.effective_pixels,
-                                robust_scale=config.robust_scale or None,
-                                max_pixels=config.max_pixels, generator=generator)
-        lmk = LandmarkTerm(mt, camera, lm_index, landmarks, sigma_px=config.landmark_sigma * scale_px,
-                           weight=lm_w, point_weight=lm_weights)
-
-        blocks = [
-            _face_term_block(photo, layout, base, dtype, "photometric"),
-            _face_term_block(lmk, layout, base, dtype, "landmarks"),
-            *_priors(layout, config, dtype),
-        ]
-        problem = LeastSquaresProblem(blocks)
+        mstep = m_step_problem(mt, crop, landmarks, lm_index, camera, rasterizer, params, mask_np, config,
+                               round_index=r, sigma=sigma, generator=generator)
+        layout, base, problem = mstep.layout, mstep.base, mstep.problem
+        lm_w, lmk = mstep.landmarks.weight, mstep.landmarks
         x0 = layout.flatten(params).double()
         t0 = time.perf_counter()
         # JᵀJ at the solution is needed only after the last round (Laplace uncertainty).

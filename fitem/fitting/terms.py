@@ -115,18 +115,32 @@ class PhotometricTerm:
     def _scale(self, n_used: int) -> float:
         return self.weight * self.n_effective / max(n_used, 1) / self.sigma**2
 
-    def cost(self, params: FaceParams) -> float:
-        st, tri, pix, uv = self._evaluate(params)
-        self.last_coverage = int(tri.numel())
-        if tri.numel() == 0:
-            return float("inf")
+    def _cost(self, st, tri: torch.Tensor, pix: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
         vid = self.mt.triangles[tri]
         lam = pixel_barycentrics(st.screen, vid, uv)
         values = torch.einsum("mk,mkc->mc", lam, st.colours[vid])
         r = values - self.target[pix]
         w = self.pixel_weight[pix]
         rho, _ = self._loss((r * r).sum(-1))
-        return 0.5 * self._scale(tri.numel()) * float((w * rho).sum())
+        return 0.5 * self._scale(tri.numel()) * (w * rho).sum()
+
+    def cost(self, params: FaceParams) -> float:
+        st, tri, pix, uv = self._evaluate(params)
+        self.last_coverage = int(tri.numel())
+        if tri.numel() == 0:
+            return float("inf")
+        return float(self._cost(st, tri, pix, uv))
+
+    def energy(self, params: FaceParams) -> torch.Tensor:
+        """The same value as :meth:`cost`, as a tensor differentiable by autograd with respect to
+        ``params`` (for a fixed rasterization at ``params``; first-order optimisers' baseline)."""
+        st = vertex_state(self.mt, params, self.camera)
+        raster = self.rasterizer.rasterize(st.screen[None].detach())
+        tri = raster.tri_id.reshape(-1)[self.pixels]
+        keep = tri >= 0
+        if not bool(keep.any()):
+            return torch.full((), float("inf"), dtype=st.screen.dtype, device=st.screen.device)
+        return self._cost(st, tri[keep], self.pixels[keep], self.pixel_uv[keep])
 
     def _loss(self, sq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(ρ(|r|²), ρ'(|r|²))`` per pixel: Cauchy ``c² log(1 + |r|²/c²)`` or plain ``|r|²``."""
@@ -200,12 +214,16 @@ class LandmarkTerm:
         uv = st.screen[:, :2]
         return st, (uv - self.targets) / self.sigma  # (L, 2) whitened
 
+    def energy(self, params: FaceParams) -> torch.Tensor:
+        """:meth:`cost` as a tensor differentiable by autograd with respect to ``params``."""
+        _, r = self._residuals(params)
+        s = (r * r).sum(-1)
+        return 0.5 * self.weight * (self.point_weight * torch.log1p(s)).sum()
+
     def cost(self, params: FaceParams) -> float:
         if self.weight == 0:
             return 0.0
-        _, r = self._residuals(params)
-        s = (r * r).sum(-1)
-        return 0.5 * self.weight * float((self.point_weight * torch.log1p(s)).sum())
+        return float(self.energy(params))
 
     def normal_equations(self, params: FaceParams, layout: ParamLayout) -> NormalEquations:
         P = layout.size

@@ -353,7 +353,7 @@ class GaussianPrior(Block):
 
     def _parts(self, x: torch.Tensor):
         _check_x(x)
-        xs = x.detach().to(torch.float64)
+        xs = x.to(torch.float64)  # not detached: ``cost`` is differentiable by autograd
         if self.indices is not None:
             idx = self.indices.to(x.device)
             if int(idx.max()) >= x.shape[0]:
