@@ -108,6 +108,36 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from fitem.bench.runner import BenchConfig, run_bench
+    from fitem.config import FitConfig
+
+    base = BenchConfig.quick() if args.quick else BenchConfig()
+    changes: dict = {}
+    for name in ("n", "seed", "model", "landmarks", "adam_images", "adam_iterations", "segnet", "size"):
+        v = getattr(args, name)
+        if v is not None:
+            changes[name] = v
+    if args.classes:
+        changes["classes"] = tuple(c.strip() for c in args.classes.split(",") if c.strip())
+    fit_changes = {}
+    if args.rounds:
+        fit_changes["rounds"] = args.rounds
+    if args.fit_size:
+        fit_changes["size"] = args.fit_size
+    if fit_changes:
+        changes["fit"] = FitConfig(**fit_changes)
+    import dataclasses
+
+    cfg = dataclasses.replace(base, **changes)
+    report = run_bench(cfg, Path(args.out), n_jobs=args.jobs, progress=not args.quiet)
+    out = Path(args.out)
+    em = report["segmentation"]["em"][-1]
+    print(f"fitem bench: {cfg.n} images, visible-face F1 {em['f1']:.3f}, occluder F1 {em['occluder_f1']:.3f} "
+          f"(all classes); wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'figure.png'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fitem", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
@@ -132,6 +162,24 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--landmarks", help="a .pts file of 68 landmarks (single image only)")
     fit_flags(f)
     f.set_defaults(func=_cmd_fit)
+
+    b = sub.add_parser("bench", help="the synthetic occlusion benchmark with its baselines (results.json, .md, figure)")
+    b.add_argument("--out", required=True, help="output folder")
+    b.add_argument("--quick", action="store_true", help="20 images, Adam on 5: a few minutes on 2 CPU cores")
+    b.add_argument("--n", type=int, help="number of images (default 100; --quick: 20)")
+    b.add_argument("--seed", type=int, help="seed of the first image (default 0)")
+    b.add_argument("--model", help="'demo' (default) or a model file")
+    b.add_argument("--classes", help="comma-separated occluder classes (default: none,glasses,scarf,hand,object)")
+    b.add_argument("--landmarks", choices=["truth", "detect"], help="true landmarks + 1.5 px noise (default) or MediaPipe")
+    b.add_argument("--size", type=int, help="synthetic image side (default 224)")
+    b.add_argument("--fit-size", type=int, help="working resolution of the fits (default 224)")
+    b.add_argument("--rounds", type=int, help="EM rounds of the fits (default 3)")
+    b.add_argument("--adam-images", type=int, help="images with the Adam comparison (default 5)")
+    b.add_argument("--adam-iterations", type=int, help="Adam's iteration budget (default 300; --quick: 200)")
+    b.add_argument("--segnet", help="a distilled segmentation net (.pt): adds its rows and net-seeded fits")
+    b.add_argument("-j", "--jobs", type=int, default=1, help="images in parallel (processes; default 1)")
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    b.set_defaults(func=_cmd_bench)
 
     m = sub.add_parser("model", help="inspect, convert or rebuild models")
     msub = m.add_subparsers(dest="model_command", required=True)
