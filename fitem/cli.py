@@ -142,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fitem", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
     sub = p.add_subparsers(dest="command", required=True)
+    from fitem.annotate.cli import register as register_annotate
+
 
     def fit_flags(sp):
         sp.add_argument("--size", type=int, help="working resolution in pixels (default 224)")
@@ -180,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("-j", "--jobs", type=int, default=1, help="images in parallel (processes; default 1)")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=_cmd_bench)
+
+    register_annotate(sub)
 
     m = sub.add_parser("model", help="inspect, convert or rebuild models")
     msub = m.add_subparsers(dest="model_command", required=True)

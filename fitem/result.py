@@ -134,10 +134,14 @@ class FitResult:
 
         return mask_overlay(image, self.mask, self.occlusion)
 
-    def save(self, directory: str | os.PathLike, image: np.ndarray | None = None) -> Path:
+    def save(self, directory: str | os.PathLike, image: np.ndarray | None = None, *, arrays: bool = True,
+             mesh: bool = True) -> Path:
         """Write ``params.json``, ``mask.png``, ``occlusion.png``, ``render.png``,
         ``arrays.npz`` (posterior, region, vertex σ), ``mesh.ply`` (vertex colours) and,
-        if ``image`` is given, ``overlay.png``. Every file is written atomically."""
+        if ``image`` is given, ``overlay.png``. Every file is written atomically.
+
+        ``arrays=False`` / ``mesh=False`` leave out ``arrays.npz`` / ``mesh.ply`` (the two large
+        files; data-set annotation skips them by default). :meth:`load` needs ``arrays.npz``."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out / "mask.png", png_bytes(self.mask.astype(np.uint8) * 255))
@@ -145,7 +149,15 @@ class FitResult:
         atomic_write_bytes(out / "render.png", png_bytes((np.clip(self.render, 0, 1) * 255 + 0.5).astype(np.uint8)))
         if image is not None:
             atomic_write_bytes(out / "overlay.png", png_bytes(self.overlay(image)))
-        atomic_write_bytes(out / "mesh.ply", _ply_bytes(self.vertices, self.triangles, self.vertex_colours))
+        if mesh:
+            atomic_write_bytes(out / "mesh.ply", _ply_bytes(self.vertices, self.triangles, self.vertex_colours))
+        if arrays:
+            atomic_write_bytes(out / "arrays.npz", self._arrays_npz())
+        # params.json last: its presence marks a complete result folder.
+        atomic_write_bytes(out / "params.json", json.dumps(self.summary(), indent=1, default=_json_default).encode())
+        return out
+
+    def _arrays_npz(self) -> bytes:
         import io
 
         buf = io.BytesIO()
@@ -160,10 +172,7 @@ class FitResult:
             vertex_sigma=np.zeros(0, np.float32) if self.vertex_sigma is None else self.vertex_sigma.astype(np.float32),
             render=self.render.astype(np.float32),
         )
-        atomic_write_bytes(out / "arrays.npz", buf.getvalue())
-        # params.json last: its presence marks a complete result folder.
-        atomic_write_bytes(out / "params.json", json.dumps(self.summary(), indent=1, default=_json_default).encode())
-        return out
+        return buf.getvalue()
 
     @staticmethod
     def load(directory: str | os.PathLike) -> "FitResult":

@@ -1,0 +1,42 @@
+"""Data-set annotation at scale: ``fitem annotate`` — parallel, resumable and crash-safe.
+
+>>> from fitem.annotate import annotate, read_manifest
+>>> summary = annotate("faces/", "annotations/", n_jobs=2)     # doctest: +SKIP
+>>> print(summary.table())                                       # doctest: +SKIP
+
+See :func:`annotate` for the behaviour and :mod:`fitem.annotate.manifest` for the output folder.
+"""
+from __future__ import annotations
+
+from fitem.annotate.inputs import IMAGE_EXTENSIONS, InputItem, collect_inputs
+from fitem.annotate.manifest import (
+    MANIFEST_FILE,
+    RESULTS_DIR,
+    RUN_FILE,
+    iter_manifest,
+    read_manifest,
+    read_run,
+    result_is_complete,
+)
+from fitem.annotate.runner import BACKENDS, AnnotateInterrupted, AnnotateSummary, annotate
+from fitem.annotate.worker import FitFailedError, SkipImage, fit_image
+
+__all__ = [
+    "BACKENDS",
+    "IMAGE_EXTENSIONS",
+    "MANIFEST_FILE",
+    "RESULTS_DIR",
+    "RUN_FILE",
+    "AnnotateInterrupted",
+    "AnnotateSummary",
+    "FitFailedError",
+    "InputItem",
+    "SkipImage",
+    "annotate",
+    "collect_inputs",
+    "fit_image",
+    "iter_manifest",
+    "read_manifest",
+    "read_run",
+    "result_is_complete",
+]
