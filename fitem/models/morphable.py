@@ -203,11 +203,58 @@ class MorphableModel:
     def landmark_indices(self, name: str = "ibug68") -> np.ndarray:
         """Vertex indices of a landmark set; raises :class:`ModelError` naming the sets that exist."""
         if name not in self.landmarks:
+            hint = (
+                "fitem.load_model(path) picks them on a render of the mean face unless that fails or is "
+                "switched off (derive_landmarks=False, FITEM_DERIVE_LANDMARKS=0); for a model built in code use "
+                "model = model.with_landmarks('ibug68', fitem.models.landmarks.ibug68_from_render(model)), "
+                "or pass your own 68 vertex indices the same way"
+                if name == "ibug68"
+                else f"add them with model = model.with_landmarks({name!r}, indices)"
+            )
             raise ModelError(
                 f"model {self.name!r} has no landmark set {name!r} (it has {sorted(self.landmarks) or 'none'}); "
-                "add landmark vertex indices to the model (see fitem.models.io) or pass a model that has them"
+                + hint
             )
         return self.landmarks[name]
+
+    def with_landmarks(self, name: str, indices: "np.ndarray | list[int]") -> "MorphableModel":
+        """A copy of the model with the landmark set ``name`` added (or replaced).
+
+        Everything else (blocks, triangles, other landmark sets, metadata) is
+        shared; the copy's :attr:`checksum` covers the new set.
+
+        Args:
+            name: landmark set name, e.g. ``"ibug68"``.
+            indices: ``(L,)`` integer vertex indices in ``[0, n_vertices)``
+                (``(68,)`` for ``"ibug68"``, in iBUG order).
+
+        Raises:
+            ModelError: empty name, non-integer or out-of-range indices.
+            ShapeError: ``indices`` not 1-D or empty, or not 68 for ``"ibug68"``.
+
+        Example:
+            >>> model = model.with_landmarks("ibug68", ibug68_from_render(model))   # doctest: +SKIP
+        """
+        if not isinstance(name, str) or not name:
+            raise ModelError(f"landmark set name must be a non-empty string, got {name!r}")
+        arr = np.asarray(indices)
+        if arr.ndim != 1 or arr.size == 0:
+            raise ShapeError(f"landmark set {name!r}: expected shape (L,) with L > 0, got {arr.shape}")
+        if name == "ibug68" and arr.size != 68:
+            raise ShapeError(f"landmark set 'ibug68': expected shape (68,), got {arr.shape}")
+        integral_floats = (np.issubdtype(arr.dtype, np.floating) and bool(np.all(np.isfinite(arr)))
+                           and bool(np.all(np.mod(arr, 1) == 0)))
+        if not (np.issubdtype(arr.dtype, np.integer) or integral_floats):
+            raise ModelError(f"landmark set {name!r}: expected integer vertex indices, got dtype {arr.dtype}")
+        arr = arr.astype(np.int64)
+        bad = arr[(arr < 0) | (arr >= self.n_vertices)]
+        if bad.size:
+            raise ModelError(
+                f"landmark set {name!r}: indices {bad[:5].tolist()} are outside [0, {self.n_vertices}) "
+                f"(model {self.name!r} has {self.n_vertices} vertices; indices are 0-based)"
+            )
+        return MorphableModel(self.name, self.shape, self.expression, self.colour, self.triangles,
+                              {**self.landmarks, name: arr}, self.metadata)
 
     # ---------------------------------------------------------------- tensors
     def tensors(self, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> ModelTensors:
