@@ -178,7 +178,8 @@ def _machine() -> dict[str, Any]:
 
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "load_average_1_5_15min": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None}
 
 
 def _plan(cfg: BenchConfig) -> list[tuple[int, str, int]]:
@@ -444,7 +445,9 @@ def _markdown(report: dict[str, Any], cfg: BenchConfig) -> str:
              f"{f' + {cfg.landmark_noise} px noise' if cfg.landmarks == 'truth' else ''}, seed {cfg.seed})", "",
              f"Machine: {report['machine']['processor']}, {report['machine']['cpu_count']} CPUs, "
              f"torch {report['machine']['torch']} ({report['machine']['torch_threads']} threads), "
-             f"GPU: {report['machine']['cuda'] or 'none'}. Wall time {report['wall_seconds']:.0f} s.", "",
+             f"GPU: {report['machine']['cuda'] or 'none'}. Wall time {report['wall_seconds']:.0f} s; load average "
+             f"{report['load_average_start']} at the start, {report['machine']['load_average_1_5_15min']} at the "
+             "end (other work on the machine inflates the times).", "",
              "## Segmentation (inside the true face region; positive = visible face)", ""]
     cols = ["n_images", "f1", "occluder_f1", "iou", "accuracy", "ellipse_f1", "ellipse_occluder_f1"]
     names = {"em": "fitem EM", "fixed": "fixed mask (all face, fitted)", "allface": "trivial: all face",
@@ -562,6 +565,7 @@ def run_bench(config: BenchConfig | None, out_dir: str | os.PathLike, *, n_jobs:
     plan = _plan(cfg)
     adam_idx = {i for i, c, _ in [next(p for p in plan if p[1] == c) for c in cfg.classes if any(p[1] == c for p in plan)]}
     adam_idx = set(sorted(adam_idx)[: cfg.adam_images])
+    load_start = [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
     t0 = time.perf_counter()
     from tqdm import tqdm
 
@@ -582,7 +586,7 @@ def run_bench(config: BenchConfig | None, out_dir: str | os.PathLike, *, n_jobs:
             for r in results if "adam" in r["extras"]]
     report: dict[str, Any] = {
         "benchmark": "fitem-synthetic-occlusion", "format": 1, "config": cfg.as_dict(), "machine": _machine(),
-        "n_jobs": n_jobs, "wall_seconds": wall, "peak_rss_gb": _peak_rss_gb(),
+        "n_jobs": n_jobs, "wall_seconds": wall, "load_average_start": load_start, "peak_rss_gb": _peak_rss_gb(),
         **_summaries(rows, cfg),
         "reconstruction": _distance_table(results, cfg),
         "speed": _speed(rows),
