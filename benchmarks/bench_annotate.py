@@ -92,7 +92,7 @@ class PeakRSS:
 
 
 def run(jobs: int, images: Path, warm: Path, work: Path, config) -> dict:
-    from fitem.annotate import annotate, read_manifest
+    from fitem.annotation import annotate, read_manifest
 
     t0 = time.perf_counter()
     annotate(warm, work / f"warm{jobs}", config=config, n_jobs=jobs, progress=False)

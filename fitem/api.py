@@ -82,6 +82,7 @@ def fit(
     config: FitConfig | None = None,
     device: "str | torch.device | None" = None,
     face_index: int | None = None,
+    segnet: Any = None,
 ) -> FitResult:
     """Fit a 3D Morphable Model to one photograph and segment what occludes the face.
 
@@ -94,6 +95,10 @@ def fit(
         config: :class:`FitConfig` (defaults if None).
         device: torch device (default: CUDA if available, else CPU).
         face_index: which detected face to fit (default: the largest).
+        segnet: optional distilled segmentation net (a checkpoint path or a loaded
+            :class:`fitem.segnet.SegNet`): its probability of visible face on the crop
+            (6-channel nets also see the initial render) becomes the E-step's prior
+            log-odds and its ``p > 0.5`` the first E-step's mask.
 
     Returns:
         :class:`FitResult`. A fit that diverges returns ``status=FAILED`` with a
@@ -144,6 +149,22 @@ def fit(
     t0 = time.perf_counter()
     rasterizer = make_rasterizer(torch.as_tensor(mdl.triangles, device=dev), (config.size, config.size),
                                  backend=config.backend, device=dev)
+    prior, first_mask = None, None
+    if segnet is not None:
+        from fitem.em import render_crop
+        from fitem.segnet.infer import crop_probability, prior_logit
+        from fitem.segnet.net import load_segnet
+
+        t1 = time.perf_counter()
+        net = load_segnet(segnet, device=dev)
+        render0 = None
+        if net.in_channels == 6:
+            with torch.no_grad():
+                render0 = render_crop(mdl.tensors(dev, dtype), params, camera, rasterizer)[0]
+            render0 = render0.clamp(0, 1).cpu().numpy()
+        prob = crop_probability(net, crop, render0)
+        prior, first_mask = prior_logit(prob), prob > 0.5
+        timings["segnet"] = time.perf_counter() - t1
     progress = None
     if config.progress:
         from tqdm import tqdm
@@ -151,7 +172,8 @@ def fit(
         progress = tqdm(total=config.rounds, desc="EM rounds", unit="round", leave=False)
     try:
         em = run_em(mdl, torch.as_tensor(crop, device=dev, dtype=dtype), torch.as_tensor(lm_crop, device=dev, dtype=dtype),
-                    camera, rasterizer, params, config, valid=transform.valid_mask(img.shape), progress=progress)
+                    camera, rasterizer, params, config, valid=transform.valid_mask(img.shape), progress=progress,
+                    prior_logit=prior, initial_mask=first_mask)
     finally:
         if progress is not None:
             progress.close()

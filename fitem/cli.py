@@ -1,4 +1,4 @@
-"""The ``fitem`` command line: ``fitem demo | fit | model``.
+"""The ``fitem`` command line: ``fitem demo | fit | annotate | distill | segment | bench | model``.
 
 The CLI only maps flags onto library calls and configs; all work happens in the library.
 """
@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fitem", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
     sub = p.add_subparsers(dest="command", required=True)
-    from fitem.annotate.cli import register as register_annotate
+    from fitem.annotation.cli import register as register_annotate
 
 
     def fit_flags(sp):
@@ -197,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     mc.set_defaults(func=_cmd_model_convert)
     mb = msub.add_parser("build-demo", help="rebuild the built-in demo model and its cache")
     mb.set_defaults(func=_cmd_model_build_demo)
+
+    from fitem.segnet.cli import register as register_segnet
+
+    register_segnet(sub)
     return p
 
 

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 #: Relative weight of the 17 jaw-contour landmarks (silhouette points, not fixed vertices).
 JAW_WEIGHT = 0.3
+#: A given first E-step mask (``run_em(initial_mask=...)``) covering less than this fraction of the
+#: rendered region is not enough for an M-step; the conservative initial mask is used instead.
+MIN_INITIAL_FRACTION = 0.05
 
 
 @dataclass
@@ -160,6 +163,7 @@ def run_em(
     config: FitConfig,
     *,
     prior_logit: np.ndarray | None = None,
+    initial_mask: np.ndarray | None = None,
     valid: np.ndarray | None = None,
     progress=None,
 ) -> EMOutput:
@@ -173,6 +177,8 @@ def run_em(
         params: initial parameters (from :func:`fitem.init.initialise`).
         config: the fit's settings.
         prior_logit: optional ``(H, W)`` extra log-odds of "face" (e.g. a segmentation net's prediction).
+        initial_mask: optional ``(H, W)`` bool first E-step mask (e.g. a segmentation net's ``p > 0.5``),
+            used instead of :func:`fitem.occlusion.conservative_initial_mask`; cut to the region and ``valid``.
         valid: optional ``(H, W)`` bool, crop pixels that hold image data (the crop of a face near
             the image border is padded); others are never counted as visible face.
         progress: optional tqdm bar, advanced once per round.
@@ -190,14 +196,22 @@ def run_em(
     failed, message = False, "ran all rounds"
     timings = {"m_step": 0.0, "e_step": 0.0}
 
-    # --- first E-step: a conservative mask; the unfitted model is not trusted.
+    # --- first E-step: a conservative mask (or a given one, e.g. a net's); the unfitted model is not trusted.
     t0 = time.perf_counter()
     render, region = render_crop(mt, params, camera, rasterizer)
     region_np = region.cpu().numpy()
-    if config.use_em:
+    mask_np = None
+    if config.use_em and initial_mask is not None:
+        given = np.asarray(initial_mask, bool) & region_np & valid_np
+        if given.sum() >= MIN_INITIAL_FRACTION * max(int((region_np & valid_np).sum()), 1):
+            mask_np = given
+        else:
+            log.info("the given first mask covers %d of %d face pixels: too few for an M-step; using the "
+                     "conservative initial mask instead", int(given.sum()), int(region_np.sum()))
+    if mask_np is None and config.use_em:
         init_mask = occlusion.conservative_initial_mask(crop_np, render.detach().cpu().numpy(), region_np)
         mask_np = init_mask.mask & valid_np
-    else:
+    elif mask_np is None:
         mask_np = region_np & valid_np
     posterior_np = mask_np.astype(np.float32)
     timings["e_step"] += time.perf_counter() - t0

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from fitem.annotate import collect_inputs, iter_manifest, read_manifest, read_run, result_is_complete
-from fitem.annotate.manifest import MANIFEST_FILE, ManifestWriter, write_run
+from fitem.annotation import collect_inputs, iter_manifest, read_manifest, read_run, result_is_complete
+from fitem.annotation.manifest import MANIFEST_FILE, ManifestWriter, write_run
 from fitem.errors import InvalidInputError
 from fitem.landmarks.pts import write_pts
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fitem.annotate import annotate, read_manifest
+from fitem.annotation import annotate, read_manifest
 from fitem.config import FitConfig
 from fitem.errors import ConfigError
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import skimage.data
 
-from fitem.annotate import annotate, read_manifest, read_run
-from fitem.annotate.cli import register
+from fitem.annotation import annotate, read_manifest, read_run
+from fitem.annotation.cli import register
 from fitem.config import FitConfig
 from fitem.landmarks import detect_landmarks
 from fitem.landmarks.pts import write_pts
@@ -72,7 +72,7 @@ def _cli(argv: list[str]) -> int:
 
 
 def test_cli_exit_codes(face: np.ndarray, tmp_path: Path, capsys, monkeypatch) -> None:
-    import fitem.annotate.runner as runner
+    import fitem.annotation.runner as runner
 
     monkeypatch.setattr(runner, "DEFAULT_TASK", FAKE_TASK)  # the CLI maps flags; the fit is tested above
     inp = tmp_path / "in"

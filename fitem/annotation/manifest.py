@@ -50,7 +50,7 @@ RUN_FILE = "run.json"
 MANIFEST_FILE = "manifest.jsonl"
 RESULTS_DIR = "results"
 #: Record statuses: ``done`` (result folder committed), ``failed`` (error recorded), ``skipped``
-#: (the per-image task declined the image, see :class:`fitem.annotate.SkipImage`).
+#: (the per-image task declined the image, see :class:`fitem.annotation.SkipImage`).
 STATUSES = ("done", "failed", "skipped")
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

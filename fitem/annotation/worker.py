@@ -30,7 +30,7 @@ __all__ = ["FitFailedError", "SkipImage", "fit_image", "run_job", "DEFAULT_TASK"
 log = logging.getLogger(__name__)
 
 #: The per-image function annotate runs by default.
-DEFAULT_TASK = "fitem.annotate.worker:fit_image"
+DEFAULT_TASK = "fitem.annotation.worker:fit_image"
 #: Folder under OUT where workers assemble result folders before the rename.
 PARTIAL_DIR = ".partial"
 
@@ -178,7 +178,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         ``{"key", "status" ("done" | "failed" | "skipped"), "error_type", "error", "seconds",
         "finished", "worker"}``; the parent turns it into a manifest record.
     """
-    from fitem.annotate.manifest import RESULTS_DIR, utc_now
+    from fitem.annotation.manifest import RESULTS_DIR, utc_now
 
     t0 = time.perf_counter()
     out_dir = Path(job["out_dir"])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fitem.annotate import AnnotateInterrupted, annotate, iter_manifest, read_manifest, read_run
+from fitem.annotation import AnnotateInterrupted, annotate, iter_manifest, read_manifest, read_run
 from fitem.config import FitConfig
 from fitem.errors import ConfigError, InvalidInputError
 
@@ -24,7 +24,7 @@ def _kill_mid_run(inp: Path, out: Path, backend: str, sleep: float, after: int) 
     """Run annotate in a child process and SIGKILL it once ``after`` records are in the manifest.
 
     Returns the pids of its own children (loky workers), which the kill leaves orphaned."""
-    code = ("import sys; from fitem.annotate import annotate; from fitem.config import FitConfig; "
+    code = ("import sys; from fitem.annotation import annotate; from fitem.config import FitConfig; "
             f"annotate(sys.argv[1], sys.argv[2], config=FitConfig(extra={{'sleep': {sleep}}}), n_jobs=2, "
             f"backend={backend!r}, task={FAKE_TASK!r}, progress=False)")
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -153,7 +153,7 @@ def test_failures_retry_failed_and_overwrite(image_dir: Path, tmp_path: Path) ->
 
 
 def test_skipped_records(image_dir: Path, tmp_path: Path) -> None:
-    s = annotate(image_dir, tmp_path / "out", task="tests.annotate.tasks:skipping_fit", progress=False)
+    s = annotate(image_dir, tmp_path / "out", task="tests.annotation.tasks:skipping_fit", progress=False)
     assert (s.done, s.skipped, s.failed) == (5, 3, 0)
     rec = read_manifest(tmp_path / "out")["sub/img03"]
     assert rec["status"] == "skipped" and rec["error"] == "multiple of three (test task)"
@@ -188,7 +188,7 @@ def test_run_level_errors_are_typed_and_early(image_dir: Path, tmp_path: Path) -
     with pytest.raises(ConfigError, match="unknown backend"):
         annotate(image_dir, tmp_path / "out", backend="mpi", task=FAKE_TASK)
     with pytest.raises(ConfigError, match="cannot import the task module"):
-        annotate(image_dir, tmp_path / "out", task="tests.annotate.nowhere:fn", progress=False)
+        annotate(image_dir, tmp_path / "out", task="tests.annotation.nowhere:fn", progress=False)
     with pytest.raises(ConfigError, match="by name or file path"):
         annotate(image_dir, tmp_path / "out", model=object(), task=FAKE_TASK)
     assert not (tmp_path / "out").exists()
@@ -219,7 +219,7 @@ def test_second_writer_is_refused(image_dir: Path, tmp_path: Path) -> None:
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(image_dir: Path, tmp_path: Path, caplog) -> None:
     out = tmp_path / "out"
     with pytest.raises(AnnotateInterrupted) as info:  # n_jobs=1: images in order, in this process
-        annotate(image_dir, out, task="tests.annotate.tasks:interrupting_fit", progress=False)
+        annotate(image_dir, out, task="tests.annotation.tasks:interrupting_fit", progress=False)
     summary = info.value.summary
     assert isinstance(info.value, KeyboardInterrupt)
     # keys in order: img00 img02 img04 img06 sub/img01 | sub/img03 interrupted

@@ -1,8 +1,8 @@
-"""``fitem annotate``: the command-line front of :func:`fitem.annotate.annotate`.
+"""``fitem annotate``: the command-line front of :func:`fitem.annotation.annotate`.
 
 Wire it into ``fitem/cli.py`` with::
 
-    from fitem.annotate.cli import register as register_annotate
+    from fitem.annotation.cli import register as register_annotate
     register_annotate(sub)          # sub = the parser's add_subparsers(...)
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ EXIT_OK, EXIT_FAILURES, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParser:
     """Add the ``annotate`` sub-command to a ``fitem`` parser's sub-parsers; returns its parser."""
-    from fitem.annotate.runner import BACKENDS
+    from fitem.annotation.runner import BACKENDS
 
     a = subparsers.add_parser(
         "annotate", help="fit every image of a folder or list; resumable, parallel (masks + 3D parameters)",
@@ -73,7 +73,7 @@ def _command(args: argparse.Namespace) -> str:
 def run_cli(args: argparse.Namespace) -> int:
     """Handler of ``fitem annotate``: 0 all done, 1 some images failed (in this or an earlier run and not
     retried), 2 bad usage or a typed error (message, no traceback), 130 interrupted (Ctrl-C)."""
-    from fitem.annotate.runner import AnnotateInterrupted, annotate
+    from fitem.annotation.runner import AnnotateInterrupted, annotate
     from fitem.config import FitConfig
 
     try:

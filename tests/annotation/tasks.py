@@ -14,7 +14,7 @@ from fitem.image import load_image
 
 def fake_fit(image_path: str, result_dir: str, *, model: str, config: dict, landmarks: str | None, overlay: bool,
              mesh: bool, arrays: bool) -> None:
-    """Same signature as fitem.annotate.worker.fit_image: mask = bright pixels, params = image statistics.
+    """Same signature as fitem.annotation.worker.fit_image: mask = bright pixels, params = image statistics.
 
     ``config["extra"]["sleep"]`` seconds are spent between writing mask.png and params.json, so a
     process killed mid-run is often caught half-way through a result folder. A file whose name holds
@@ -44,7 +44,7 @@ def interrupting_fit(image_path: str, result_dir: str, **kw) -> None:
 
 def skipping_fit(image_path: str, result_dir: str, **kw) -> None:
     """fake_fit, but declines images whose number is a multiple of 3."""
-    from fitem.annotate import SkipImage
+    from fitem.annotation import SkipImage
 
     if int(Path(image_path).stem[-2:]) % 3 == 0:
         raise SkipImage("multiple of three (test task)")

@@ -7,9 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
-from fitem.annotate import read_manifest
+from fitem.annotation import read_manifest
 
-FAKE_TASK = "tests.annotate.tasks:fake_fit"
+FAKE_TASK = "tests.annotation.tasks:fake_fit"
 
 
 def write_images(root: Path, n: int, *, seed: int = 0, size: int = 40) -> list[Path]:

@@ -1,15 +1,15 @@
 """Data-set annotation at scale: ``fitem annotate`` — parallel, resumable and crash-safe.
 
->>> from fitem.annotate import annotate, read_manifest
+>>> from fitem.annotation import annotate, read_manifest
 >>> summary = annotate("faces/", "annotations/", n_jobs=2)     # doctest: +SKIP
 >>> print(summary.table())                                       # doctest: +SKIP
 
-See :func:`annotate` for the behaviour and :mod:`fitem.annotate.manifest` for the output folder.
+See :func:`annotate` for the behaviour and :mod:`fitem.annotation.manifest` for the output folder.
 """
 from __future__ import annotations
 
-from fitem.annotate.inputs import IMAGE_EXTENSIONS, InputItem, collect_inputs
-from fitem.annotate.manifest import (
+from fitem.annotation.inputs import IMAGE_EXTENSIONS, InputItem, collect_inputs
+from fitem.annotation.manifest import (
     MANIFEST_FILE,
     RESULTS_DIR,
     RUN_FILE,
@@ -18,8 +18,8 @@ from fitem.annotate.manifest import (
     read_run,
     result_is_complete,
 )
-from fitem.annotate.runner import BACKENDS, AnnotateInterrupted, AnnotateSummary, annotate
-from fitem.annotate.worker import FitFailedError, SkipImage, fit_image
+from fitem.annotation.runner import BACKENDS, AnnotateInterrupted, AnnotateSummary, annotate
+from fitem.annotation.worker import FitFailedError, SkipImage, fit_image
 
 __all__ = [
     "BACKENDS",

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from fitem.annotate.inputs import InputItem, collect_inputs
-from fitem.annotate.manifest import (
+from fitem.annotation.inputs import InputItem, collect_inputs
+from fitem.annotation.manifest import (
     MANIFEST_FILE,
     RESULTS_DIR,
     RUN_FILE,
@@ -41,7 +41,7 @@ from fitem.annotate.manifest import (
     utc_now,
     write_run,
 )
-from fitem.annotate.worker import DEFAULT_TASK, PARTIAL_DIR, resolve_task, run_job
+from fitem.annotation.worker import DEFAULT_TASK, PARTIAL_DIR, resolve_task, run_job
 from fitem.config import FitConfig
 from fitem.errors import ConfigError, InvalidInputError
 
@@ -382,7 +382,7 @@ def annotate(
 ) -> AnnotateSummary:
     """Fit every image of a data set and write masks + 3D parameters under ``out_dir``.
 
-    Output (see :mod:`fitem.annotate.manifest`): ``run.json``, ``manifest.jsonl`` (one record
+    Output (see :mod:`fitem.annotation.manifest`): ``run.json``, ``manifest.jsonl`` (one record
     per finished image: ``done`` / ``failed`` with the error type and message / ``skipped``,
     with timing, config hash, model checksum and fitem version) and ``results/<key>/`` — a
     :meth:`fitem.FitResult.save` folder (``params.json``, ``mask.png`` at input resolution,
@@ -417,7 +417,7 @@ def annotate(
             ``arrays.npz`` (posterior, region, vertices; needed by ``FitResult.load``).
         progress: show a tqdm bar (images/s, ETA, failures so far).
         task: ``"module:function"`` run per image instead of the fit (same signature as
-            :func:`fitem.annotate.worker.fit_image`); for tests and custom per-image work.
+            :func:`fitem.annotation.worker.fit_image`); for tests and custom per-image work.
 
     Returns:
         :class:`AnnotateSummary`.
@@ -431,7 +431,7 @@ def annotate(
             the last finished image, ``.summary.resume_command`` says how to continue.
 
     Example:
-        >>> from fitem.annotate import annotate, read_manifest
+        >>> from fitem.annotation import annotate, read_manifest
         >>> s = annotate("faces/", "annotations/", n_jobs=2)        # doctest: +SKIP
         >>> s.done, s.failed, s.images_per_second                    # doctest: +SKIP
         >>> read_manifest("annotations/")["img001"]["status"]        # doctest: +SKIP
