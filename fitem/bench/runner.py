@@ -289,17 +289,20 @@ def adam_vs_lm(model, image: np.ndarray, landmarks: np.ndarray, config: FitConfi
 
 
 # --------------------------------------------------------------------------- one image
-def _evaluate(index: int, cls: str, seed: int, cfg: BenchConfig, with_adam: bool,
-              _cache: dict[str, Any] = {}) -> dict[str, Any]:  # noqa: B006 - per-process cache
+#: Per-process cache of what every image reuses (the model, a loaded net).
+_CACHE: dict[str, Any] = {}
+
+
+def _evaluate(index: int, cls: str, seed: int, cfg: BenchConfig, with_adam: bool) -> dict[str, Any]:
     """Fit one synthetic image with every method and score it. Never raises for a bad fit."""
     from fitem.api import fit
     from fitem.bench.synthetic import make_sample
     from fitem.models import load_model
 
-    if _cache.get("name") != cfg.model:
-        _cache.clear()
-        _cache.update(name=cfg.model, model=load_model(cfg.model))
-    model = _cache["model"]
+    if _CACHE.get("name") != cfg.model:
+        _CACHE.clear()
+        _CACHE.update(name=cfg.model, model=load_model(cfg.model))
+    model = _CACHE["model"]
     idx68 = model.landmark_indices("ibug68")
     sample = make_sample(model, seed, occluder=cls, size=cfg.size)
     image = sample.image
@@ -371,11 +374,14 @@ def _segnet_rows(row, extras, image, lms, model, cfg: BenchConfig, sample, score
     from fitem.api import fit
     from fitem.segnet import load_segnet, segment
 
-    net = extras.get("_net") or load_segnet(cfg.segnet)
+    key = f"segnet:{cfg.segnet}"
+    if key not in _CACHE:
+        _CACHE[key] = load_segnet(cfg.segnet)
+    net = _CACHE[key]
     t0 = time.perf_counter()
-    prob = segment(image, net=net, landmarks=lms)
+    seg = segment(image, net=net, landmarks=lms, model=model)
     row["segnet_seconds"] = time.perf_counter() - t0
-    row.update(_seg_row("segnet", (np.asarray(prob) > 0.5) & sample.face_region, sample))
+    row.update(_seg_row("segnet", seg.mask & sample.face_region, sample))
     seeded = fit(image, landmarks=lms, model=model, config=cfg.fit, segnet=net)
     score_fit("seeded", seeded)
 

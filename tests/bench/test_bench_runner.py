@@ -84,3 +84,18 @@ def test_adam_and_lm_minimise_the_same_energy():
     # a few LM steps beat ten Adam steps on this energy
     assert out["lm_energy"] < out["adam_energy"]
     assert np.isfinite(out["adam_trace"][-1][1])
+
+
+def test_segnet_rows_come_with_a_net(tmp_path):
+    torch = pytest.importorskip("torch")
+    from fitem.segnet.net import UNet, save_segnet
+
+    torch.manual_seed(0)
+    net_path = save_segnet(UNet(3, base=4), tmp_path / "net.pt", {"crop_size": 112})
+    cfg = BenchConfig(n=1, classes=("object",), size=112, adam_images=0, icp_iterations=0, fit=SMALL_FIT,
+                      segnet=str(net_path))
+    report = run_bench(cfg, tmp_path / "out", progress=False)
+    assert {"segnet", "seeded"} <= set(report["segmentation"])
+    row = report["rows"][0]
+    assert row["status"] == "done" and 0.0 <= row["segnet_f1"] <= 1.0 and row["seeded_status"] in ("success", "failed")
+    assert "seeded_median_mm" in report["reconstruction"][0]
