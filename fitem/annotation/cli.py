@@ -47,6 +47,9 @@ def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParse
     a.add_argument("--model", default="demo", help="'demo' or a model file (default demo)")
     a.add_argument("--size", type=int, help="working resolution in pixels (default 224)")
     a.add_argument("--rounds", type=int, help="EM rounds (default 3)")
+    a.add_argument("--report", metavar="DIR",
+                   help="afterwards write DIR/contact_sheet.png (worst-fitting images first, masks tinted), "
+                        "DIR/costs.png (distribution of fit errors) and DIR/report.json")
     a.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary table")
     a.set_defaults(func=run_cli)
     return a
@@ -64,6 +67,8 @@ def _command(args: argparse.Namespace) -> str:
         parts += ["--size", str(args.size)]
     if args.rounds:
         parts += ["--rounds", str(args.rounds)]
+    if getattr(args, "report", None):
+        parts += ["--report", args.report]
     for flag in ("retry_failed", "overlay", "mesh", "arrays", "quiet"):
         if getattr(args, flag):
             parts.append("--" + flag.replace("_", "-") if flag != "quiet" else "-q")
@@ -96,4 +101,14 @@ def run_cli(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     if not args.quiet:
         print(summary.table())
+    if args.report:
+        from fitem.annotation.report import write_report
+
+        try:
+            write_report(args.out, args.report)
+        except FitemError as exc:
+            print(f"fitem: error: report: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+        if not args.quiet:
+            print(f"report: {args.report}/contact_sheet.png, costs.png, report.json")
     return EXIT_FAILURES if summary.failed or summary.not_retried else EXIT_OK

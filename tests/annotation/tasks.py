@@ -49,3 +49,18 @@ def skipping_fit(image_path: str, result_dir: str, **kw) -> None:
     if int(Path(image_path).stem[-2:]) % 3 == 0:
         raise SkipImage("multiple of three (test task)")
     fake_fit(image_path, result_dir, **kw)
+
+
+def reported_fit(image_path: str, result_dir: str, **kw) -> None:
+    """fake_fit plus what the report reads: occlusion.png and one EM round whose photometric RMSE is
+    the image mean (so the report's ranking is known)."""
+    fake_fit(image_path, result_dir, **kw)
+    out = Path(result_dir)
+    img = load_image(image_path)
+    mask = img.mean(axis=2) > 0.5
+    atomic_write_bytes(out / "occlusion.png", png_bytes((~mask).astype(np.uint8) * 255))
+    meta = json.loads((out / "params.json").read_text())
+    meta["rounds"] = [{"round": 1, "cost_history": [10.0, 5.0], "photometric_rmse": float(img.mean()),
+                       "landmark_error_px": 2.0, "mask_fraction": float(mask.mean())}]
+    meta["timings"] = {"total": 0.01}
+    atomic_write_bytes(out / "params.json", json.dumps(meta, sort_keys=True).encode())
