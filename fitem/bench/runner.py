@@ -569,8 +569,10 @@ def run_bench(config: BenchConfig | None, out_dir: str | os.PathLike, *, n_jobs:
 
     load_model(cfg.model)  # a bad model fails here, before any fitting
     plan = _plan(cfg)
-    adam_idx = {i for i, c, _ in [next(p for p in plan if p[1] == c) for c in cfg.classes if any(p[1] == c for p in plan)]}
-    adam_idx = set(sorted(adam_idx)[: cfg.adam_images])
+    first_of_class: dict[str, int] = {}
+    for i, c, _ in plan:
+        first_of_class.setdefault(c, i)
+    adam_idx = set(sorted(first_of_class.values())[: cfg.adam_images])
     load_start = [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
     t0 = time.perf_counter()
     from tqdm import tqdm
