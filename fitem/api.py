@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +13,13 @@ import torch
 from fitem.config import FitConfig
 from fitem.em import laplace_uncertainty, run_em
 from fitem.errors import ConfigError
+from fitem.landmarks.align import AlignTransform
 from fitem.models import MorphableModel, load_model
 from fitem.params import FaceParams
 from fitem.render.camera import Camera
 from fitem.result import FitResult, FitStatus
 
-__all__ = ["fit", "truncate_model", "resolve_device"]
+__all__ = ["fit", "prepare_fit", "FitStart", "truncate_model", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,32 @@ def _input_render(mt, params: FaceParams, camera: Camera, inverse: np.ndarray, s
     return img.detach().cpu().numpy(), (raster.tri_id[0] >= 0).cpu().numpy(), st
 
 
+@dataclass
+class FitStart:
+    """Where every fit starts: the aligned crop and the landmark initialisation on it."""
+
+    transform: "AlignTransform"  #: input → crop similarity
+    crop: np.ndarray  #: ``(S, S, 3)`` float image in [0, 1]
+    landmarks: np.ndarray  #: ``(68, 2)`` crop pixels
+    camera: Camera  #: the crop camera
+    params: FaceParams  #: initial parameters, float32 on the compute device
+
+
+def prepare_fit(image: np.ndarray, landmarks68: np.ndarray, model: MorphableModel, config: FitConfig, *,
+                device: "str | torch.device" = "cpu") -> FitStart:
+    """Align ``image`` to the ``config.size`` crop by its 68 landmarks and initialise the model there
+    (PnP pose + robust linear shape/expression solve). ``model`` is the fitted one (already truncated)."""
+    from fitem.init import initialise
+    from fitem.landmarks import align_transform
+
+    transform = align_transform(landmarks68, size=config.size, input_shape=image.shape)
+    lm_crop = transform.to_crop(landmarks68)
+    camera = Camera.default(config.size)
+    init = initialise(model, lm_crop, camera)
+    return FitStart(transform, transform.warp_image(image), lm_crop, camera,
+                    init.params.to(device=device, dtype=torch.float32))
+
+
 def fit(
     image: Any,
     *,
@@ -114,8 +142,7 @@ def fit(
         >>> result.mask.shape, result.params.shape.shape     # doctest: +SKIP
     """
     from fitem.image import load_image
-    from fitem.init import initialise
-    from fitem.landmarks import align_transform, detect_landmarks, landmarks_from_user
+    from fitem.landmarks import detect_landmarks, landmarks_from_user
     from fitem.render.raster import make_rasterizer
 
     config = config or FitConfig()
@@ -138,12 +165,8 @@ def fit(
     timings["detect"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    transform = align_transform(detection.ibug68, size=config.size, input_shape=img.shape)
-    crop = transform.warp_image(img)
-    lm_crop = transform.to_crop(detection.ibug68)
-    camera = Camera.default(config.size)
-    init = initialise(mdl, lm_crop, camera)
-    params = init.params.to(device=dev, dtype=dtype)
+    start = prepare_fit(img, detection.ibug68, mdl, config, device=dev)
+    transform, crop, lm_crop, camera, params = start.transform, start.crop, start.landmarks, start.camera, start.params
     timings["init"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

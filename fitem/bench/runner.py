@@ -195,24 +195,6 @@ def _seg_row(prefix: str, pred: np.ndarray, sample) -> dict[str, float]:
     return row
 
 
-def _prepare(model, image: np.ndarray, landmarks: np.ndarray, config: FitConfig):
-    """The crop, crop landmarks, camera, initial parameters and rasterizer that :func:`fitem.fit` starts from."""
-    import torch
-
-    from fitem.init import initialise
-    from fitem.landmarks import align_transform
-    from fitem.render.camera import Camera
-    from fitem.render.raster import make_rasterizer
-
-    transform = align_transform(landmarks, size=config.size, input_shape=image.shape)
-    crop = transform.warp_image(image)
-    lm_crop = transform.to_crop(landmarks)
-    camera = Camera.default(config.size)
-    init = initialise(model, lm_crop, camera)
-    rast = make_rasterizer(torch.as_tensor(model.triangles), (config.size, config.size), backend="torch")
-    return transform, crop, lm_crop, camera, init.params.to(dtype=torch.float32), rast
-
-
 def adam_vs_lm(model, image: np.ndarray, landmarks: np.ndarray, config: FitConfig, *, iterations: int = 300,
                lr: float = 0.02, lm_iterations: int = 30) -> dict[str, Any]:
     """Adam (autograd) against fitem's LM on one fixed energy, from the same start.
@@ -234,10 +216,16 @@ def adam_vs_lm(model, image: np.ndarray, landmarks: np.ndarray, config: FitConfi
     from fitem.em import m_step_problem, run_em
     from fitem.optim import solve
 
-    transform, crop, lm_crop, camera, params0, rast = _prepare(model, image, landmarks, config)
-    crop_t = torch.as_tensor(crop, dtype=torch.float32)
-    lm_t = torch.as_tensor(lm_crop, dtype=torch.float32)
-    em = run_em(model, crop_t, lm_t, camera, rast, params0, config, valid=transform.valid_mask(image.shape))
+    from fitem.api import prepare_fit, truncate_model
+    from fitem.render.raster import make_rasterizer
+
+    model = truncate_model(model, config)
+    start = prepare_fit(image, landmarks, model, config)
+    camera, params0 = start.camera, start.params
+    rast = make_rasterizer(torch.as_tensor(model.triangles), (config.size, config.size), backend=config.backend)
+    crop_t = torch.as_tensor(start.crop, dtype=torch.float32)
+    lm_t = torch.as_tensor(start.landmarks, dtype=torch.float32)
+    em = run_em(model, crop_t, lm_t, camera, rast, params0, config, valid=start.transform.valid_mask(image.shape))
     mt = model.tensors(dtype=torch.float32)
     last = max(config.rounds - 1, 1)
     sigma = em.rounds[-1].sigma if em.rounds else 0.043
@@ -295,7 +283,7 @@ _CACHE: dict[str, Any] = {}
 
 def _evaluate(index: int, cls: str, seed: int, cfg: BenchConfig, with_adam: bool) -> dict[str, Any]:
     """Fit one synthetic image with every method and score it. Never raises for a bad fit."""
-    from fitem.api import fit
+    from fitem.api import fit, prepare_fit, truncate_model
     from fitem.bench.synthetic import make_sample
     from fitem.models import load_model
 
@@ -349,8 +337,9 @@ def _evaluate(index: int, cls: str, seed: int, cfg: BenchConfig, with_adam: bool
         fixed = fit(image, landmarks=lms, model=model, config=dataclasses.replace(cfg.fit, use_em=False))
         score_fit("fixed", fixed)
         # landmarks only: the initialisation the EM starts from
-        _, _, _, _, p0, _ = _prepare(model, image, lms, cfg.fit)
-        v0 = model.instance(p0.shape, p0.expression)[0].detach().cpu().numpy()
+        fitted = truncate_model(model, cfg.fit)
+        p0 = prepare_fit(image, lms, fitted, cfg.fit).params
+        v0 = fitted.instance(p0.shape, p0.expression)[0].detach().cpu().numpy()
         err = point_to_surface_error(v0.astype(np.float64), model.triangles, sample.vertices, landmarks=idx68,
                                      iterations=cfg.icp_iterations)
         distances["landmarks"] = err.distances.astype(np.float32)
