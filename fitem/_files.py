@@ -9,7 +9,7 @@ import numpy as np
 
 from fitem.errors import InvalidInputError
 
-__all__ = ["atomic_write_bytes", "png_bytes"]
+__all__ = ["atomic_write_bytes", "png_bytes", "read_mask_png"]
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -53,3 +53,17 @@ def png_bytes(image: np.ndarray) -> bytes:
     if not ok:
         raise InvalidInputError("could not encode a PNG image")
     return buf.tobytes()
+
+
+def read_mask_png(path: Path) -> np.ndarray:
+    """A 0/255 mask PNG (as :func:`png_bytes` writes masks) → ``(H, W)`` bool.
+
+    Raises:
+        InvalidInputError: the file is missing or not a readable image.
+    """
+    import cv2
+
+    m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if m is None:
+        raise InvalidInputError(f"{path} is missing or not a readable PNG mask")
+    return m > 127

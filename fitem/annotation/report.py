@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from fitem._files import atomic_write_bytes, png_bytes
+from fitem._files import atomic_write_bytes, png_bytes, read_mask_png
 from fitem.errors import InvalidInputError
 
 __all__ = ["write_report", "fit_quality"]
@@ -61,15 +61,6 @@ def fit_quality(result_dir: str | Path) -> dict[str, float]:
         "rounds": float(len(rounds)),
         "seconds": num((meta.get("timings") or {}).get("total")),
     }
-
-
-def _read_mask(path: Path) -> np.ndarray:
-    import cv2
-
-    m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if m is None:
-        raise InvalidInputError(f"cannot read {path}")
-    return m > 127
 
 
 def _costs_figure(rows: list[dict[str, Any]], counts: dict[str, int]) -> bytes:
@@ -153,7 +144,7 @@ def write_report(annotation_dir: str | Path, report_dir: str | Path, *, n: int =
         try:
             img = load_image(r["input"])
             res = ann / r["result"]
-            tiles.append(mask_overlay(img, _read_mask(res / "mask.png"), _read_mask(res / "occlusion.png")))
+            tiles.append(mask_overlay(img, read_mask_png(res / "mask.png"), read_mask_png(res / "occlusion.png")))
         except Exception as exc:  # noqa: BLE001 - a moved or damaged input must not stop the report
             log.warning("%s: cannot show (%s: %s)", r["key"], type(exc).__name__, exc)
             continue

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import cv2
 import numpy as np
 
+from fitem._files import read_mask_png
 from fitem.errors import ConfigError, FitemError, InvalidInputError
 
 __all__ = ["AnnotationCrops", "read_annotation", "done_records", "load_crops", "load_fit_crop"]
@@ -102,13 +102,6 @@ class AnnotationCrops:
             self.crop_size, self.run, dict(self.skipped))
 
 
-def _read_mask(path: Path) -> np.ndarray:
-    m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if m is None:
-        raise InvalidInputError(f"{path} is missing or not a readable PNG mask")
-    return m > 127
-
-
 class _RenderMaker:
     """Initial renders for 6-channel data: one model, camera and rasterizer per crop size."""
 
@@ -166,8 +159,8 @@ def load_fit_crop(annotation_dir: str | Path, record: dict[str, Any], *, renders
     if image.shape[:2] != hw:
         raise InvalidInputError(f"{record['input']} is {image.shape[1]}x{image.shape[0]} pixels but was annotated "
                                 f"at {hw[1]}x{hw[0]}; the input changed since annotation")
-    mask = _read_mask(res_dir / "mask.png")
-    occl = _read_mask(res_dir / "occlusion.png")
+    mask = read_mask_png(res_dir / "mask.png")
+    occl = read_mask_png(res_dir / "occlusion.png")
     if mask.shape != hw or occl.shape != hw:
         raise InvalidInputError(f"{res_dir}: masks are not at the input's resolution {hw}")
     out = {

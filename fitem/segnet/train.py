@@ -577,13 +577,15 @@ def compare_annotations(before: str | Path, after: str | Path) -> tuple[float, f
         both face regions) whose visible-face label differs, mean F1 of ``after`` against ``before``
         in the same domain, how many images both have done, how many ``after`` has done.
     """
-    import cv2
+    from fitem._files import read_mask_png
 
     def masks(d: Path, rec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
         folder = d / rec["result"]
-        m = cv2.imread(str(folder / "mask.png"), cv2.IMREAD_GRAYSCALE)
-        o = cv2.imread(str(folder / "occlusion.png"), cv2.IMREAD_GRAYSCALE)
-        return None if m is None or o is None else (m > 127, (m > 127) | (o > 127))
+        try:
+            m, o = read_mask_png(folder / "mask.png"), read_mask_png(folder / "occlusion.png")
+        except InvalidInputError:
+            return None
+        return m, m | o
 
     b_dir, a_dir = Path(before), Path(after)
     _, rb = read_annotation(b_dir)
