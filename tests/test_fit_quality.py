@@ -1,7 +1,7 @@
 """Slow regression guard: occlusion segmentation quality per occluder class (synthetic, demo model).
 
 Run with ``pytest -m slow``. Thresholds sit below the benchmark's measured means
-(``benchmarks/results/bench_fit_synthetic.json``); the skin-coloured hand class is
+(``fitem bench``: ``benchmarks/results/bench_full/``); the skin-coloured hand class is
 the known open problem and is held only to "no worse than predicting all face".
 """
 from __future__ import annotations
