@@ -20,7 +20,12 @@ recorded: numbers taken under contention are slower than on an idle machine.
 
 Usage:
     python benchmarks/bench_raster.py [--repeats 20] [--threads 1 2] [--sizes 224 512]
-                                      [--device cpu] [--out benchmarks/results/bench_raster.json]
+                                      [--malloc tuned|default] [--device cpu]
+                                      [--out benchmarks/results/bench_raster.json]
+
+``--malloc default`` leaves glibc's malloc alone (``FITEM_TUNE_MALLOC=0``); by
+default the rasterizer applies :func:`fitem._malloc.tune_malloc`, which removes
+the page faults of its per-frame temporaries.
 """
 from __future__ import annotations
 
@@ -129,9 +134,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, torch.get_num_threads()])
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 512])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--malloc", choices=["tuned", "default"], default="tuned",
+                        help="glibc malloc: fitem's settings (fitem._malloc, what the rasterizer applies) or "
+                             "glibc's defaults (FITEM_TUNE_MALLOC=0)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bench_raster.json")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    if args.malloc == "default":
+        os.environ["FITEM_TUNE_MALLOC"] = "0"
+    from fitem._malloc import tune_malloc
+
+    tuned = tune_malloc()
     result = {
         "benchmark": "bench_raster",
         "machine": {
@@ -142,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         },
         "settings": {"repeats": args.repeats, "pose_rad": POSE, "fill": FILL, "dtype": "float32",
                      "backend": "torch", "statistic": "median after 3 warm-up runs",
-                     "cpu_ms": "CPU time of the calling thread only (time.thread_time)"},
+                     "cpu_ms": "CPU time of the calling thread only (time.thread_time)",
+                     "malloc": args.malloc, "malloc_tuned": tuned},
         "runs": [],
     }
     thread_settings = list(dict.fromkeys(args.threads))

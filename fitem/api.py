@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fitem._malloc import tune_malloc
 from fitem.config import FitConfig
 from fitem.em import laplace_uncertainty, run_em
 from fitem.errors import ConfigError
@@ -155,6 +156,8 @@ def fit(
     mdl = truncate_model(base_model, config)
     mdl.landmark_indices("ibug68")  # typed error with a next step if the model has none
     dev = resolve_device(config, device)
+    if dev.type == "cpu":
+        tune_malloc()  # once per process; FITEM_TUNE_MALLOC=0 disables (see fitem._malloc)
     dtype = torch.float32
 
     t0 = time.perf_counter()

@@ -10,6 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
+from fitem._malloc import tune_malloc
 from fitem.errors import FitemError
 
 __all__ = ["main"]
@@ -211,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     if getattr(args, "landmarks", None) and len(getattr(args, "images", [])) > 1:
         parser.error("--landmarks applies to a single image")
+    tune_malloc()  # the CPU path allocates large temporaries every iteration (see fitem._malloc)
     try:
         return int(args.func(args) or 0)
     except FitemError as exc:

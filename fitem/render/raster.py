@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from fitem._malloc import tune_malloc
 from fitem.errors import ConfigError, RasterizerUnavailableError, ShapeError
 from fitem.render._checks import check_tensor, check_triangles
 from fitem.render.interpolate import _bary_core, _gather_coords, _pixel_centres, _soa, covered_pixels
@@ -226,24 +227,6 @@ def snap_to_subpixels(coord: torch.Tensor, size: int, bits: int | None) -> torch
     return torch.round((coord - centre) * scale) / scale + centre
 
 
-def _finish(tri_flat: torch.Tensor, pix: torch.Tensor, coords: torch.Tensor, b: int, h: int, w: int) -> RasterOutput:
-    """Exact perspective-correct barycentrics and depth of the winning triangle at each covered pixel.
-
-    ``tri_flat (B*H*W,)`` triangle ids (-1 empty), ``pix (P,)`` the covered pixels
-    (:func:`covered_pixels`), ``coords (3, 3, P)`` the screen coordinates of their triangles' vertices.
-    """
-    dtype, dev = coords.dtype, coords.device
-    _, px, py = _pixel_centres(pix, h, w, dtype, b)
-    lam, z = _bary_core(coords, px, py)
-    bary = torch.zeros(b * h * w, 3, dtype=dtype, device=dev)
-    for k in range(3):
-        bary[:, k].scatter_(0, pix, lam[k])
-    depth = torch.full((b * h * w,), float("inf"), dtype=dtype, device=dev)
-    depth.scatter_(0, pix, (lam[0] * z[0]).addcmul_(lam[1], z[1]).addcmul_(lam[2], z[2]))
-    return RasterOutput(tri_id=tri_flat.view(b, h, w), bary=bary.view(b, h, w, 3), depth=depth.view(b, h, w),
-                        pixels=pix)
-
-
 def _empty(b: int, h: int, w: int, dtype: torch.dtype, dev: torch.device) -> RasterOutput:
     return RasterOutput(
         tri_id=torch.full((b, h, w), -1, dtype=torch.int64, device=dev),
@@ -263,7 +246,9 @@ class TorchRasterizer(Rasterizer):
 
     Algorithm per frame:
 
-    1. per triangle (one table for all): cull / clip, the range of pixel
+    0. per vertex: snapped ``(u, v)`` and ``1 / z`` (a vertex outside
+       ``(near, far)`` or not finite is marked NaN, dropping its triangles);
+    1. per triangle (one table for all, gathered with int32 indices): cull / clip, the range of pixel
        centres inside its screen bounding box (clipped to the image) and a size
        class per side (1, 2, 3, 4, 6, 8, 12, 16, ... pixel centres); classes are
        merged into groups where that saves work;
@@ -283,6 +268,10 @@ class TorchRasterizer(Rasterizer):
        surface wins, exactly in float32 (ties: the larger triangle id);
     5. the winners' perspective-correct barycentrics and depth are recomputed
        exactly with :func:`fitem.render.interpolate.barycentrics`' formula.
+
+    On the CPU, building one also applies :func:`fitem._malloc.tune_malloc`
+    (once per process): without it glibc page-faults the per-frame temporaries
+    back in, about a third of a 512² frame.
 
     Example:
         >>> from fitem.render.meshes import icosphere
@@ -308,15 +297,19 @@ class TorchRasterizer(Rasterizer):
         subpixel_bits: int | None = DEFAULT_SUBPIXEL_BITS,
     ) -> None:
         super().__init__(triangles, image_size, device, near=near, far=far, subpixel_bits=subpixel_bits)
+        if self.device.type == "cpu":
+            tune_malloc()  # per-frame temporaries would otherwise be page-faulted in (see fitem._malloc)
         # Internally each triangle's vertices are rotated cyclically (orientation kept) so that vertex 0
         # has the lowest index. Every edge is evaluated from its lower-index endpoint -- the same point
         # for both triangles that share it -- which is v0 for edges 1 and 2, and for edge 0 (v1 -> v2)
-        # v1 where ``_ref1`` is 1, else v2.
+        # the lower-index one of v1 and v2 (``ref``), gathered as a fourth vertex.
         tri = self.triangles
         shift = torch.argmin(tri, dim=1)
         cols = (torch.arange(3, device=tri.device).unsqueeze(0) + shift.unsqueeze(1)) % 3
-        self._tri_rot = torch.gather(tri, 1, cols).contiguous()
-        self._ref1 = (self._tri_rot[:, 1] < self._tri_rot[:, 2]).to(torch.float64)
+        rot = torch.gather(tri, 1, cols)
+        ref = torch.minimum(rot[:, 1], rot[:, 2])
+        self._tri_rot4 = torch.cat([rot, ref.unsqueeze(1)], 1).contiguous()  # (T, 4): v0 v1 v2 ref
+        self._tri_t32 = tri.t().to(torch.int32).contiguous()  # (3, T) in the triangles' own column order
         self._index_cache: dict = {}
         self._plan_cache: dict = {}
         # bounding-box size classes (pixel centres per side): 1, 2, 3, 4, 6, 8, 12, 16, 24, ...
@@ -324,9 +317,11 @@ class TorchRasterizer(Rasterizer):
         while caps[-1] < max(self.height, self.width):
             caps += [caps[-2] * 2, caps[-1] * 2]
         self._caps = caps
-        # lookup (pixel-centre count - 1) -> size class, per side (the box is clipped to the image)
-        self._lut_x = self._class_lut(self.width)
-        self._lut_y = self._class_lut(self.height)
+        # lookup (x count - 1) * H + (y count - 1) -> 1 + size class (x class * 64 + y class); the box
+        # is clipped to the image, so both counts are below the image size
+        cx = self._class_lut(self.width)
+        cy = self._class_lut(self.height)
+        self._lut_cls = (cx.view(-1, 1) * 64 + cy.view(1, -1) + 1).to(torch.int32).reshape(-1).to(self.device)
         self._id_bits = max(1, (self.n_triangles - 1).bit_length())
         if self._id_bits > 32:
             raise ConfigError(f"too many triangles ({self.n_triangles}); at most 2**32 are supported")
@@ -334,17 +329,20 @@ class TorchRasterizer(Rasterizer):
     def _class_lut(self, size: int) -> torch.Tensor:
         n = torch.arange(1, size + 1)
         caps = torch.tensor(self._caps)
-        return torch.searchsorted(caps, n).to(self.device)  # first cap >= n
+        return torch.searchsorted(caps, n)  # first cap >= n
 
     def _vertex_index(self, batch: int, n_vertices: int) -> torch.Tensor:
-        """``(3 * B * T,)`` rows of ``screen.reshape(B * N, 3)``: vertex k of triangle t in batch b."""
+        """``(4 * B * T,)`` columns of the ``(C, B * N)`` vertex table: vertex k (v0 v1 v2 ref) of triangle t
+        in batch item b, int32 where it fits (``index_select`` is faster with int32 indices)."""
         key = ("vertex", batch, n_vertices)
         if key not in self._index_cache:
             off = (torch.arange(batch, device=self.device) * n_vertices).view(1, batch, 1)
-            idx = self._tri_rot.t().unsqueeze(1) + off  # (3, B, T)
+            idx = (self._tri_rot4.t().unsqueeze(1) + off).reshape(-1)  # (4, B, T)
+            if batch * n_vertices < 2**31:
+                idx = idx.to(torch.int32)
             if len(self._index_cache) > 16:
                 self._index_cache.clear()
-            self._index_cache[key] = idx.reshape(-1).contiguous()
+            self._index_cache[key] = idx.contiguous()
         return self._index_cache[key]
 
     @torch.no_grad()
@@ -358,38 +356,53 @@ class TorchRasterizer(Rasterizer):
         bt = b * t
         dtype, dev = s.dtype, s.device
 
-        # --- per triangle (all B*T): vertices, box of pixel centres, culling, size class. One table,
-        # rows x0 x1 x2 y0 y1 y2 z0 z1 z2 | j0 i0 nx ny area ref1 (vertices in the rotated order),
-        # gathered per group in one call.
-        table = torch.empty(_ROWS, bt, dtype=dtype, device=dev)
+        # --- per vertex: snapped (x, y) and 1 / z. A vertex outside (near, far) or not finite gets
+        # x = NaN, which drops every triangle that uses it (NaN fails every test below).
         soa = _soa(s)
-        if self.subpixel_bits is not None:
-            soa = torch.stack([snap_to_subpixels(soa[0], w, self.subpixel_bits),
-                               snap_to_subpixels(soa[1], h, self.subpixel_bits), soa[2]])
-        torch.index_select(soa, 1, self._vertex_index(b, n), out=table[:9].view(3, 3 * bt))
-        x0, x1, x2, y0, y1, y2, z0, z1, z2 = table[:9]
-        j0, i0, nx, ny, area, ref1 = table[9:]
-        ref1.view(b, t).copy_(self._ref1)
-        tmp = (x2 - x0).mul_(y1 - y0)
-        torch.sub(x1, x0, out=area).mul_(y2 - y0).sub_(tmp)
-        _centre_range(x0, x1, x2, w, j0, nx)
-        _centre_range(y0, y1, y2, h, i0, ny)
-        # kept <=> -area > 0 and nx >= 0 and ny >= 0 (NaN propagates through minimum -> dropped)
-        score = torch.minimum(nx, ny).add_(0.5)
-        torch.minimum(score, torch.neg(area, out=tmp), out=score)
-        zmin, zmax, total = torch.stack([soa[2].amin(), soa[2].amax(), s.sum()]).tolist()
-        if not (zmin > self.near and zmax < self.far and math.isfinite(total)):
-            zlo = torch.minimum(torch.minimum(z0, z1), z2) - self.near
-            zhi = self.far - torch.maximum(torch.maximum(z0, z1), z2)
-            # inf - inf = NaN catches infinite coordinates (NaN ones are NaN already)
-            fin = (x0 + x1 + x2 + y0 + y1 + y2) * 0.0 + 1.0
-            score = torch.minimum(torch.minimum(score, fin), torch.minimum(zlo, zhi))
-        keep = score > 0
-        # size class per side from a lookup table (dropped / NaN entries are clamped, then masked)
-        cx = self._lut_x.index_select(0, torch.clamp(nx, 0.0, w - 1.0, out=tmp).to(torch.int32).clamp_(0, w - 1))
-        cy = self._lut_y.index_select(0, torch.clamp(ny, 0.0, h - 1.0, out=tmp).to(torch.int32).clamp_(0, h - 1))
-        cls = cx.mul_(64).add_(cy).add_(1).mul_(keep).sub_(1)  # -1 = dropped
-        counts = torch.bincount(cls + 1, minlength=1)[1:]
+        vert = torch.empty(3, b * n, dtype=dtype, device=dev)
+        vert[0] = snap_to_subpixels(soa[0], w, self.subpixel_bits)
+        vert[1] = snap_to_subpixels(soa[1], h, self.subpixel_bits)
+        torch.reciprocal(soa[2], out=vert[2])
+        zmin, zmax, total = torch.stack([soa[2].amin(), soa[2].amax(), soa[:2].sum()]).tolist()
+        clean = zmin > self.near and zmax < self.far and math.isfinite(total)
+        if not clean:
+            bad = (soa[2] <= self.near) | (soa[2] >= self.far) | ~torch.isfinite(soa[0] + soa[1])
+            vert[0].masked_fill_(bad, float("nan"))
+
+        # --- per triangle (all B*T), one table: rows G = x0 x1 x2 xr | y0 y1 y2 yr | 1/z0 1/z1 1/z2 -
+        # (vertices in the rotated order, r = the reference endpoint of edge 0), then D = dx1 dy1 dx2
+        # dy2 (v1 - v0, v2 - v0), A (twice the area, > 0 for front faces), j0 i0 (first pixel centre of
+        # the clipped box) nx ny (pixel centres per side - 1; < 0: none), gathered per group in one call.
+        table = torch.empty(_ROWS, bt, dtype=dtype, device=dev)
+        torch.index_select(vert, 1, self._vertex_index(b, n), out=table[:12].view(3, 4 * bt))
+        x0, x1, x2 = table[0], table[1], table[2]
+        y0, y1, y2 = table[4], table[5], table[6]
+        dx1, dy1, dx2, dy2, area, j0, i0, nx, ny = table[12:]
+        torch.sub(x1, x0, out=dx1)
+        torch.sub(y1, y0, out=dy1)
+        torch.sub(x2, x0, out=dx2)
+        torch.sub(y2, y0, out=dy2)
+        torch.mul(dx2, dy1, out=area).sub_(torch.mul(dx1, dy2, out=nx))
+        _centre_range(table[0:3], w, j0, nx)
+        _centre_range(table[4:7], h, i0, ny)
+        if not clean:  # dropped triangles' NaN must not reach index arithmetic
+            for row in (j0, i0, nx, ny):
+                row.nan_to_num_(nan=-1.0)
+            j0.clamp_(min=0.0)
+            i0.clamp_(min=0.0)
+        # kept <=> A > 0 and nx >= 0 and ny >= 0 (NaN propagates through minimum -> dropped)
+        keep = torch.minimum(nx, ny).add_(0.5)
+        keep = torch.minimum(keep, area, out=keep) > 0
+        # dropped triangles may be tested in place (masked) below: keep their 1 / A finite (kept ones
+        # have A >= 2**-8 after snapping; without snapping, NaN / inf are replaced there instead)
+        finite = clean and self.subpixel_bits is not None
+        if finite:
+            area.clamp_(min=_MIN_AREA)
+        # 1 + size class from a lookup table (0 = dropped)
+        cx = torch.clamp(nx, 0.0, w - 1.0)
+        cls = torch.clamp(ny, 0.0, h - 1.0).add_(cx, alpha=h).to(torch.int32)
+        cls = self._lut_cls.index_select(0, cls).mul_(keep)
+        counts = torch.bincount(cls, minlength=1)[1:]
         present = torch.nonzero(counts).squeeze(1)
         if present.numel() == 0:
             return _empty(b, h, w, dtype, dev)
@@ -399,7 +412,7 @@ class TorchRasterizer(Rasterizer):
             lut = torch.full((64 * 64 + 1,), -1, dtype=torch.int32, device=dev)
             for gi, (members, _, _) in enumerate(groups):
                 lut[torch.tensor(members, device=dev) + 1] = gi
-            gid = lut.index_select(0, cls + 1)
+            gid = lut.index_select(0, cls)
         else:
             gid = None
 
@@ -414,20 +427,18 @@ class TorchRasterizer(Rasterizer):
             if len(groups) == 1:
                 sel = keep
             else:
-                sel = gid == gi if gid is not None else cls == members[0]
+                sel = gid == gi if gid is not None else cls == members[0] + 1
             if gi == big and sizes[gi] * (2.8 + kx * ky) > bt * (1.3 + kx * ky):
-                self._candidates(buf, table, None, kx, ky, b, sel)
+                self._candidates(buf, table, None, kx, ky, b, sel, finite=finite)
             else:
                 idx = torch.nonzero(sel).squeeze(1)  # into B*T
                 self._candidates(buf, table.index_select(1, idx), idx, kx, ky, b)
 
-        # keys -> triangle ids; pixels without a key >= 2**id_bits (no inside candidate) become -1
-        tri_flat = (buf & ((1 << self._id_bits) - 1)) | (((buf >> self._id_bits) - 1) >> 63)
-        pix = covered_pixels(tri_flat)
-        # the winners' vertex coordinates in the triangles' own vertex order
-        bi = torch.div(pix, h * w, rounding_mode="floor") if b > 1 else None
-        coords = _gather_coords(s, self.triangles, tri_flat, pix, bi)
-        return _finish(tri_flat, pix, coords, b, h, w)
+        # keys -> triangle ids; a pixel is covered when some inside candidate set it (key >= 2**id_bits)
+        covered = buf >= (1 << self._id_bits)
+        tri_flat = torch.where(covered, buf & ((1 << self._id_bits) - 1), -1)
+        pix = torch.nonzero(covered).squeeze(1)
+        return _finish(soa, self._tri_t32, tri_flat, pix, b, h, w)
 
     def _all_index(self, batch: int) -> torch.Tensor:
         """``arange(B * T)`` (cached)."""
@@ -476,17 +487,18 @@ class TorchRasterizer(Rasterizer):
         return plan
 
     def _candidates(self, buf: torch.Tensor, f: torch.Tensor, idx: torch.Tensor | None, kx: int, ky: int,
-                    batch: int, mask: torch.Tensor | None = None) -> None:
+                    batch: int, mask: torch.Tensor | None = None, finite: bool = True) -> None:
         """Test a ``kx × ky`` grid of candidate pixels for each triangle of one group.
 
-        ``f (15, K)``: the table rows of the group's K triangles, ``idx (K,)`` their index into B*T;
-        or ``idx=None``: ``f`` is the whole table and ``mask (B*T,)`` selects the group.
+        ``f (_ROWS, K)``: the table rows of the group's K triangles, ``idx (K,)`` their index into B*T;
+        or ``idx=None``: ``f`` is the whole table and ``mask (B*T,)`` selects the group; ``finite``:
+        every masked-out triangle's coordinates are finite.
         Candidates are laid out ``(kx * ky, K)``, so every operation runs along the triangles.
         """
         h, w, t = self.height, self.width, self.n_triangles
         dtype, dev = f.dtype, f.device
-        x, y, z = (f[0], f[1], f[2]), (f[3], f[4], f[5]), (f[6], f[7], f[8])
-        j0, i0, nx, ny, area = f[9], f[10], f[11], f[12], f[13]
+        x0, x1, x2, xr, y0, y1, y2, yr, iz0, iz1, iz2, _ = f[:12]
+        dx1, dy1, dx2, dy2, area, j0, i0, nx, ny = f[12:]
         if idx is None:
             idx = self._all_index(batch)
         if batch > 1:  # split into batch item and triangle
@@ -502,56 +514,54 @@ class TorchRasterizer(Rasterizer):
         if kx > 1:
             ox = torch.arange(kx, device=dev, dtype=dtype).repeat(ky).unsqueeze(1)  # (kx*ky, 1)
             jx = torch.minimum(ox, nx).add_(j0)
+            if mask is not None:  # masked-out triangles may have nx < 0: keep the indices in the image
+                jx.clamp_(min=0.0)
         else:
             jx = j0  # a view of the table: never modified in place
         if ky > 1:
             oy = torch.arange(ky, device=dev, dtype=dtype).repeat_interleave(kx).unsqueeze(1)
             iy = torch.minimum(oy, ny).add_(i0)
+            if mask is not None:
+                iy.clamp_(min=0.0)
         else:
             iy = i0
-        # Edge k runs from v_{k+1} to v_{k+2}. Culling left only A < 0 triangles, where
+        # Edge k runs from v_{k+1} to v_{k+2}. Culling left only A > 0 triangles, where
         # w_k = dy (u - l_x) - dx (v - l_y) > 0 inside, l the edge's lower-index endpoint (see __init__):
         # both triangles of an edge compute exactly opposite values, and a centre exactly on a vertex
         # gives exactly 0. A centre exactly on an edge is decided by moving it by (2**-60, 2**-120)
         # pixels (a symbolic perturbation): the threshold ``thr`` is far under the rounding of any
         # non-zero w_k, exactly opposite for the neighbour, and non-zero for any non-degenerate edge.
-        dxs = [x[2] - x[1], x[0] - x[2], x[1] - x[0]]
-        dys = [y[2] - y[1], y[0] - y[2], y[1] - y[0]]
-        thr = [dxs[k] * _EPS2 - dys[k] * _EPS1 for k in range(3)]
-        ref1 = f[14]
-        ref2 = 1.0 - ref1
-        lx = (x[1] * ref1).addcmul_(x[2], ref2)  # exact select of the reference endpoint of edge 0
-        ly = (y[1] * ref1).addcmul_(y[2], ref2)
+        # Edges 1 and 2 use (dx, dy) = -(v2 - v0) and v1 - v0 (negation is exact), so
+        # w_1 = dv dx2 - du dy2 and w_2 = du dy1 - dv dx1 with (du, dv) = p - v0.
+        dx0, dy0 = x2 - x1, y2 - y1
+        thr0 = torch.add(dx0, dy0, alpha=-_EPS_RATIO).mul_(_EPS2)
+        thr1 = torch.add(dy2, dx2, alpha=-_EPS_RATIO_INV).mul_(_EPS1)  # -(dx2 EPS2 - dy2 EPS1)
+        thr2 = torch.add(dx1, dy1, alpha=-_EPS_RATIO).mul_(_EPS2)
         full = (kx * ky, f.shape[1]) if kx * ky > 1 else (f.shape[1],)
         u = (jx + 0.5).expand(full).contiguous()
         v = (iy + 0.5).expand(full).contiguous()
-        w0 = (u - lx).mul_(dys[0])
-        tmp = (v - ly).mul_(dxs[0])
+        w0 = (u - xr).mul_(dy0)
+        tmp = (v - yr).mul_(dx0)
         w0.sub_(tmp)
-        du0, dv0 = u.sub_(x[0]), v.sub_(y[0])  # edges 1 and 2 start or end at v0, their lower-index end
-        w1 = (du0 * dys[1]).sub_(torch.mul(dv0, dxs[1], out=tmp))
-        w2 = du0.mul_(dys[2]).sub_(torch.mul(dv0, dxs[2], out=tmp))
-        inside = w0 > thr[0]
-        inside &= w1 > thr[1]
-        inside &= w2 > thr[2]
+        du0, dv0 = u.sub_(x0), v.sub_(y0)  # edges 1 and 2 start or end at v0, their lower-index end
+        w1 = (dv0 * dx2).sub_(torch.mul(du0, dy2, out=tmp))
+        w2 = du0.mul_(dy1).sub_(torch.mul(dv0, dx1, out=tmp))
+        inside = w0 > thr0
+        inside &= w1 > thr1
+        inside &= w2 > thr2
         if mask is not None:
             inside &= mask
-        # inverse depth at the pixel: 1/z0 + (s1 (1/z1 - 1/z0) + s2 (1/z2 - 1/z0)) with s_k = w_k / |A|
-        iz0 = 1.0 / z[0]
-        inv_a = -1.0 / area
-        q1 = (1.0 / z[1] - iz0).mul_(inv_a)
-        q2 = (1.0 / z[2] - iz0).mul_(inv_a)
+        # inverse depth at the pixel: 1/z0 + (s1 (1/z1 - 1/z0) + s2 (1/z2 - 1/z0)) with s_k = w_k / A
+        inv_a = torch.reciprocal(area)
+        q1 = (iz1 - iz0).mul_(inv_a)
+        q2 = (iz2 - iz0).mul_(inv_a)
         invz = torch.addcmul(iz0, w1, q1, out=w0).addcmul_(w2, q2).to(torch.float32)
         # outside candidates get 1/z = 0: key = tid < 2**id_bits, which never marks a pixel as covered
-        invz.mul_(inside)
-        if mask is not None:  # masked-out triangles may be degenerate or culled: their NaN / inf must become 0
-            invz.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-        key = invz.view(torch.int32).to(torch.int64)
-        key <<= self._id_bits
-        key |= tid
-        if mask is not None:  # masked-out triangles may have boxes off the image (or NaN): keep indices valid
-            jx = torch.nan_to_num(jx).clamp_(0.0, w - 1.0)
-            iy = torch.nan_to_num(iy).clamp_(0.0, h - 1.0)
+        if finite:
+            invz.mul_(inside)
+        else:  # masked-out triangles with NaN vertices: replace their NaN as well
+            invz = torch.where(inside, invz, 0.0)
+        key = torch.add(tid, invz.view(torch.int32).to(torch.int64), alpha=1 << self._id_bits)
         pix = torch.add(jx, iy, alpha=w).to(torch.int64)  # exact: < H * W <= 2**24 in float32
         if boff is not None:
             pix += boff
@@ -559,29 +569,70 @@ class TorchRasterizer(Rasterizer):
 
 
 #: Rows of the per-triangle table (see TorchRasterizer.rasterize).
-_ROWS = 15
+_ROWS = 21
 
 #: Fixed cost of one candidate group, in candidate-pixel tests (a group runs ~60 tensor operations).
 _GROUP_COST = 30000
 
-#: Symbolic-perturbation offsets of the pixel centre (see TorchRasterizer._candidates).
+#: Symbolic-perturbation offsets of the pixel centre (see TorchRasterizer._candidates):
+#: thr = dx EPS2 - dy EPS1 = (dx - dy EPS1 / EPS2) EPS2 (scaling by a power of two is exact).
 _EPS1 = 2.0**-60
 _EPS2 = 2.0**-120
+_EPS_RATIO = _EPS1 / _EPS2
+_EPS_RATIO_INV = _EPS2 / _EPS1
+
+#: Floor of the (doubled) triangle areas of dropped triangles; a kept snapped triangle has A >= 2**-8.
+_MIN_AREA = 2.0**-20
 
 
-def _centre_range(a0: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor, size: int, first: torch.Tensor,
-                  count: torch.Tensor) -> None:
-    """Pixel-centre range inside ``[min a, max a]``, clipped to ``[0, size)``, written into ``first`` / ``count``.
+def _centre_range(coords: torch.Tensor, size: int, first: torch.Tensor, count: torch.Tensor) -> None:
+    """Pixel-centre range inside ``[min, max]`` of ``coords (3, K)``, clipped to ``[0, size)``.
 
-    Centres sit at ``index + 0.5``; ``first`` is the first index (as a float) and
-    ``count`` = last - first (negative when empty; NaN stays NaN).
+    Centres sit at ``index + 0.5``; writes the first index (as a float, clamped
+    into ``[0, size - 1]``) into ``first`` and last - first into ``count``
+    (negative when empty; NaN stays NaN).
     """
+    a0, a1, a2 = coords  # (minimum / maximum chains: ~5x faster than aminmax over dim 0 on the CPU)
     lo = torch.minimum(a0, a1)
     torch.minimum(lo, a2, out=lo)
     hi = torch.maximum(a0, a1)
     torch.maximum(hi, a2, out=hi)
     torch.ceil(lo.sub_(0.5).clamp_(min=0.0), out=first)
     torch.sub(hi.sub_(0.5).clamp_(max=size - 1.0).floor_(), first, out=count)
+    first.clamp_(max=size - 1.0)
+
+
+def _finish(soa: torch.Tensor, tri_t32: torch.Tensor, tri_flat: torch.Tensor, pix: torch.Tensor, b: int, h: int,
+            w: int) -> RasterOutput:
+    """Exact perspective-correct barycentrics and depth of the winning triangle at each covered pixel.
+
+    ``soa (3, B*N)`` the unsnapped screen coordinates (:func:`_soa`), ``tri_t32 (3, T)`` the
+    triangles' vertex columns (int32), ``tri_flat (B*H*W,)`` triangle ids (-1 empty), ``pix (P,)``
+    the covered pixels.
+    """
+    dtype, dev = soa.dtype, soa.device
+    n = soa.shape[1] // b
+    tp = tri_flat.index_select(0, pix)
+    bi, px, py = _pixel_centres(pix, h, w, dtype, b)
+    if b * n < 2**31:
+        rows = torch.empty(3, pix.shape[0], dtype=torch.int32, device=dev)
+        for k in range(3):
+            torch.index_select(tri_t32[k], 0, tp, out=rows[k])
+        if bi is not None:
+            rows += (bi * n).to(torch.int32)
+    else:
+        rows = tri_t32.to(torch.int64).index_select(1, tp)
+        if bi is not None:
+            rows += bi * n
+    coords = soa.index_select(1, rows.reshape(-1)).view(3, 3, -1)
+    lam, z = _bary_core(coords, px, py)
+    bary = torch.zeros(b * h * w, 3, dtype=dtype, device=dev)
+    for k in range(3):
+        bary[:, k].scatter_(0, pix, lam[k])
+    depth = torch.full((b * h * w,), float("inf"), dtype=dtype, device=dev)
+    depth.scatter_(0, pix, (lam[0] * z[0]).addcmul_(lam[1], z[1]).addcmul_(lam[2], z[2]))
+    return RasterOutput(tri_id=tri_flat.view(b, h, w), bary=bary.view(b, h, w, 3), depth=depth.view(b, h, w),
+                        pixels=pix)
 
 
 # --------------------------------------------------------------------------------------------------

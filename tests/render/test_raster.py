@@ -214,7 +214,7 @@ def test_dense_mesh_partly_off_screen_with_culled_and_nan_triangles():
     calls = []
     rast = TorchRasterizer(tri, (34, 30))
     original = rast._candidates
-    rast._candidates = lambda buf, f, idx, *a: calls.append(idx is None) or original(buf, f, idx, *a)
+    rast._candidates = lambda buf, f, idx, *a, **kw: calls.append(idx is None) or original(buf, f, idx, *a, **kw)
     out = rast.rasterize(s)
     assert calls == [True]
     ref_id, _, _, clear = reference_rasterize(s[0], tri, 34, 30, margin=1e-6)
@@ -360,3 +360,22 @@ def test_bad_inputs_raise_typed_errors():
     with pytest.raises(ShapeError, match="floating-point"):
         rast.rasterize(torch.zeros(1, 42, 3, dtype=torch.int64))
     assert issubclass(InvalidInputError, ValueError)
+
+
+@pytest.mark.parametrize("bits", [4, None])
+def test_dense_subpixel_mesh_matches_reference_with_and_without_snapping(bits):
+    # triangles far smaller than a pixel (the in-place masked pass) with culled, degenerate and
+    # off-screen ones mixed in; without snapping kept areas can be below any fixed floor
+    v, tri = grid_plane(32, 32, 6.4, 6.4, dtype=F64)
+    s = torch.stack([1.013 * v[:, 0] + 3.337, 3.417 - v[:, 1] * 1.109, 800.0 + 3.0 * v[:, 0]], -1)[None].clone()
+    tri = tri.clone()
+    tri[::5] = tri[::5][:, [0, 2, 1]]  # back faces
+    tri[3, 2] = tri[3, 1]  # a degenerate triangle
+    s[0, 17, 0] += 40.0  # triangles stretched off the image
+    out = TorchRasterizer(tri, (8, 7), subpixel_bits=bits).rasterize(s)
+    ref_id, ref_bary, ref_depth, clear = reference_rasterize(s[0], tri, 8, 7, margin=1e-6, subpixel_bits=bits)
+    assert clear.sum() > 12
+    assert torch.equal(out.tri_id[0][clear], ref_id[clear])
+    both = clear & (ref_id >= 0)
+    assert torch.allclose(out.bary[0][both], ref_bary[both], atol=1e-9)
+    assert torch.allclose(out.depth[0][both], ref_depth[both], rtol=1e-12)
