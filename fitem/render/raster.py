@@ -318,10 +318,16 @@ class TorchRasterizer(Rasterizer):
             caps += [caps[-2] * 2, caps[-1] * 2]
         self._caps = caps
         # lookup (x count - 1) * H + (y count - 1) -> 1 + size class (x class * 64 + y class); the box
-        # is clipped to the image, so both counts are below the image size
-        cx = self._class_lut(self.width)
-        cy = self._class_lut(self.height)
-        self._lut_cls = (cx.view(-1, 1) * 64 + cy.view(1, -1) + 1).to(torch.int32).reshape(-1).to(self.device)
+        # is clipped to the image, so both counts are below the image size. Above 2**22 pixels (16 MB of
+        # table) one lookup per side instead.
+        cx = self._class_lut(self.width).to(torch.int32)
+        cy = self._class_lut(self.height).to(torch.int32)
+        if self.width * self.height <= _LUT2D_MAX:
+            self._lut_cls = (cx.view(-1, 1) * 64 + cy.view(1, -1) + 1).reshape(-1).to(self.device)
+            self._lut_xy = None
+        else:
+            self._lut_cls = None
+            self._lut_xy = ((cx * 64 + 1).to(self.device), cy.to(self.device))
         self._id_bits = max(1, (self.n_triangles - 1).bit_length())
         if self._id_bits > 32:
             raise ConfigError(f"too many triangles ({self.n_triangles}); at most 2**32 are supported")
@@ -399,9 +405,14 @@ class TorchRasterizer(Rasterizer):
         if finite:
             area.clamp_(min=_MIN_AREA)
         # 1 + size class from a lookup table (0 = dropped)
-        cx = torch.clamp(nx, 0.0, w - 1.0)
-        cls = torch.clamp(ny, 0.0, h - 1.0).add_(cx, alpha=h).to(torch.int32)
-        cls = self._lut_cls.index_select(0, cls).mul_(keep)
+        if self._lut_cls is not None:
+            cx = torch.clamp(nx, 0.0, w - 1.0)
+            cls = torch.clamp(ny, 0.0, h - 1.0).add_(cx, alpha=h).to(torch.int32)
+            cls = self._lut_cls.index_select(0, cls)
+        else:
+            cls = self._lut_xy[0].index_select(0, torch.clamp(nx, 0.0, w - 1.0).to(torch.int32))
+            cls += self._lut_xy[1].index_select(0, torch.clamp(ny, 0.0, h - 1.0).to(torch.int32))
+        cls.mul_(keep)
         counts = torch.bincount(cls, minlength=1)[1:]
         present = torch.nonzero(counts).squeeze(1)
         if present.numel() == 0:
@@ -580,6 +591,9 @@ _EPS1 = 2.0**-60
 _EPS2 = 2.0**-120
 _EPS_RATIO = _EPS1 / _EPS2
 _EPS_RATIO_INV = _EPS2 / _EPS1
+
+#: Largest image (pixels) with one joint size-class lookup table (int32: 16 MB).
+_LUT2D_MAX = 2**22
 
 #: Floor of the (doubled) triangle areas of dropped triangles; a kept snapped triangle has A >= 2**-8.
 _MIN_AREA = 2.0**-20

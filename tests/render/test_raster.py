@@ -379,3 +379,18 @@ def test_dense_subpixel_mesh_matches_reference_with_and_without_snapping(bits):
     both = clear & (ref_id >= 0)
     assert torch.allclose(out.bary[0][both], ref_bary[both], atol=1e-9)
     assert torch.allclose(out.depth[0][both], ref_depth[both], rtol=1e-12)
+
+
+def test_large_image_uses_per_side_size_classes_and_matches_reference():
+    # above 2**22 pixels the size-class lookup is split per side; same coverage as the reference
+    s = torch.tensor([[[1800.3, 1880.7, 900.0], [2010.2, 1850.1, 900.0], [1830.9, 2070.4, 950.0],
+                       [2080.6, 2095.2, 1000.0]]], dtype=F64)
+    tri = torch.tensor([[0, 2, 1], [1, 2, 3]])
+    rast = TorchRasterizer(tri, (2100, 2090))
+    assert rast._lut_cls is None
+    out = rast.rasterize(s)
+    ref_id, _, ref_depth, clear = reference_rasterize(s[0], tri, 2100, 2090, margin=1e-6)
+    assert torch.equal(out.tri_id[0][clear], ref_id[clear])
+    assert int(out.mask.sum()) > 20000
+    both = clear & (ref_id >= 0)
+    assert torch.allclose(out.depth[0][both], ref_depth[both], rtol=1e-12)
