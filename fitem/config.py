@@ -53,6 +53,9 @@ class FitConfig:
             (:func:`fitem.occlusion.adaptive_sigma`): an image the model explains better than a
             photograph (e.g. a clean render) gets a sharper face likelihood; on photographs the
             product exceeds ``sigma`` and nothing changes. 0 = always ``sigma``.
+        photometric_min_sigma: with a fixed ``sigma``, the M-step's photometric σ is the E-step's
+            (adapted) σ but not below this (a σ as sharp as a clean render's noise lets occluder
+            pixels still labelled face pull the shape).
         edge_sigma: the face noise grows with the render's gradient,
             ``σ(x)² = σ² + (edge_sigma · |∇render(x)|)²`` (:func:`fitem.occlusion.edge_sigma_map`;
             in pixels of tolerated misalignment; on the silhouette's 2-pixel rim the image's gradient
@@ -101,6 +104,7 @@ class FitConfig:
     colour_prior: float = 1.0
     light_prior: float = 0.05
     sigma_adapt: float = 1.5
+    photometric_min_sigma: float = 0.02
     edge_sigma: float = 0.5
     region_test: float = 2.0
     smoothness: float = 1.0
@@ -131,7 +135,7 @@ class FitConfig:
                 raise ConfigError(f"FitConfig.{name} must be None or an integer ≥ 0, got {v!r}")
         for name in ("photometric_weight", "landmark_weight", "shape_prior", "expression_prior", "colour_prior",
                      "light_prior", "smoothness", "mask_tolerance", "effective_pixels", "min_sigma",
-                     "robust_scale", "sigma_adapt", "edge_sigma"):
+                     "robust_scale", "sigma_adapt", "edge_sigma", "photometric_min_sigma"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ConfigError(f"FitConfig.{name} must be a finite number ≥ 0, got {v!r}")

@@ -306,8 +306,12 @@ def run_em(
             break
         residual = crop_np - render_np
         if config.use_em:
-            new_mask, posterior_np, sigma = e_step(crop_np, render_np, region_np, mask_np, config,
+            new_mask, posterior_np, e_sigma = e_step(crop_np, render_np, region_np, mask_np, config,
                                                    prior_logit=prior_logit)
+            # The next M-step's σ follows the E-step's, down to config.photometric_min_sigma: a σ as
+            # sharp as a clean image's noise would let pixels of an occluder still labelled face
+            # (part of a hand) pull the shape.
+            sigma = e_sigma if config.sigma is None else max(e_sigma, config.photometric_min_sigma)
         else:
             new_mask = region_np.copy()
             posterior_np = region_np.astype(np.float32)

@@ -171,7 +171,27 @@ def test_e_step_segments_the_skin_coloured_occluder():
 
 
 def test_fitconfig_validates_the_new_e_step_options():
-    for bad in (dict(region_test=1.0), dict(region_test=-2.0), dict(edge_sigma=-0.1), dict(sigma_adapt=math.inf)):
+    for bad in (dict(region_test=1.0), dict(region_test=-2.0), dict(edge_sigma=-0.1), dict(sigma_adapt=math.inf),
+                dict(photometric_min_sigma=-0.01)):
         with pytest.raises(ConfigError):
             FitConfig(**bad)
     FitConfig(region_test=0.0, edge_sigma=0.0, sigma_adapt=0.0)
+
+
+def test_fit_m_step_sigma_follows_the_e_step_down_to_its_floor():
+    """On a clean synthetic render the E-step's sigma is far below 0.043; the M-step's follows it to
+    ``photometric_min_sigma``; with the adaptation off it stays 0.043."""
+    from fitem.api import fit
+    from fitem.bench.synthetic import make_sample
+    from fitem.models import load_model
+
+    model = load_model("demo")
+    sample = make_sample(model, 3, occluder="none", size=112)
+    fast = dict(size=112, rounds=2, iterations=2, first_iterations=2)
+    res = fit(sample.image, landmarks=sample.landmarks68, model=model, config=FitConfig(**fast))
+    assert res.rounds[-1].sigma == pytest.approx(0.02)
+    res = fit(sample.image, landmarks=sample.landmarks68, model=model,
+              config=FitConfig(**fast, photometric_min_sigma=0.005))
+    assert res.rounds[-1].sigma < 0.02
+    res = fit(sample.image, landmarks=sample.landmarks68, model=model, config=FitConfig(**fast, sigma_adapt=0.0))
+    assert res.rounds[-1].sigma == pytest.approx(0.043)
