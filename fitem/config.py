@@ -31,8 +31,9 @@ class FitConfig:
             model block (None: all).
         sigma: colour noise σ of the face likelihood ([0, 1] images); None
             estimates it robustly from the residuals at every E-step.
-        min_sigma: floor of the robust σ estimate (real photos hold detail no model
-            explains; a σ that shrinks below it over-segments them).
+        min_sigma: floor of the E-step's σ when it is estimated from the image (``sigma=None``, or
+            ``sigma_adapt``). 0.01 is about the noise of a clean 8-bit render; photographs stay well
+            above it (their robust σ is 0.02-0.04).
         sigma_from: estimate σ on the ``"region"`` or on the current ``"mask"``.
         photometric_weight: weight of the photometric term.
         effective_pixels: how many independent pixels the photometric evidence
@@ -47,6 +48,24 @@ class FitConfig:
         shape_prior, expression_prior, colour_prior: precision of the
             coefficients' N(0, 1) priors (1 = the model's own prior).
         light_prior: precision on SH light around the ambient start.
+        sigma_adapt: with a fixed ``sigma``, the E-step uses
+            ``min(sigma, max(min_sigma, sigma_adapt · robust σ of flat visible skin))``
+            (:func:`fitem.occlusion.adaptive_sigma`): an image the model explains better than a
+            photograph (e.g. a clean render) gets a sharper face likelihood; on photographs the
+            product exceeds ``sigma`` and nothing changes. 0 = always ``sigma``.
+        photometric_min_sigma: with a fixed ``sigma``, the M-step's photometric σ is the E-step's
+            (adapted) σ but not below this (a σ as sharp as a clean render's noise lets occluder
+            pixels still labelled face pull the shape).
+        edge_sigma: the face noise grows with the render's gradient,
+            ``σ(x)² = σ² + (edge_sigma · |∇render(x)|)²`` (:func:`fitem.occlusion.edge_sigma_map`;
+            in pixels of tolerated misalignment; on the silhouette's 2-pixel rim the image's gradient
+            stands in): features and a silhouette that are slightly off are not occluders.
+            0 = the same σ everywhere.
+        region_test: ratio of the E-step's region-level test
+            (:func:`fitem.occlusion.region_outliers`): edge-bounded image regions whose mean
+            normalised residual exceeds ``region_test`` times the face's (and the spread of the
+            face's own regions) are labelled non-face as a whole, which catches skin-coloured
+            occluders (hands) that the per-pixel colour test accepts. 0 = off; otherwise > 1.
         smoothness: Potts weight of the E-step's graph cut.
         nonface_histogram: colours of the non-face likelihood: ``"nonface"`` (a histogram
             of the pixels currently labelled non-face: background and occluders) or
@@ -71,7 +90,7 @@ class FitConfig:
     n_expression: int | None = None
     n_colour: int | None = None
     sigma: float | None = 0.043
-    min_sigma: float = 0.02
+    min_sigma: float = 0.01
     sigma_from: str = "mask"
     photometric_weight: float = 1.0
     effective_pixels: float = 2000.0
@@ -84,6 +103,10 @@ class FitConfig:
     expression_prior: float = 1.0
     colour_prior: float = 1.0
     light_prior: float = 0.05
+    sigma_adapt: float = 1.5
+    photometric_min_sigma: float = 0.02
+    edge_sigma: float = 0.5
+    region_test: float = 2.0
     smoothness: float = 1.0
     nonface_histogram: str = "nonface"
     mask_tolerance: float = 0.005
@@ -112,7 +135,7 @@ class FitConfig:
                 raise ConfigError(f"FitConfig.{name} must be None or an integer ≥ 0, got {v!r}")
         for name in ("photometric_weight", "landmark_weight", "shape_prior", "expression_prior", "colour_prior",
                      "light_prior", "smoothness", "mask_tolerance", "effective_pixels", "min_sigma",
-                     "robust_scale"):
+                     "robust_scale", "sigma_adapt", "edge_sigma", "photometric_min_sigma"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ConfigError(f"FitConfig.{name} must be a finite number ≥ 0, got {v!r}")
@@ -120,6 +143,9 @@ class FitConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ConfigError(f"FitConfig.{name} must be a positive number, got {v!r}")
+        if not (isinstance(self.region_test, (int, float)) and math.isfinite(self.region_test)
+                and (self.region_test == 0 or self.region_test > 1)):
+            raise ConfigError(f"FitConfig.region_test must be 0 (off) or a ratio > 1, got {self.region_test!r}")
         if not (0 <= self.landmark_decay <= 1):
             raise ConfigError(f"FitConfig.landmark_decay must lie in [0, 1], got {self.landmark_decay!r}")
         if self.sigma is not None and not (math.isfinite(self.sigma) and self.sigma > 0):

@@ -26,7 +26,7 @@ from fitem.render.camera import Camera
 from fitem.render.interpolate import interpolate
 from fitem.result import RoundRecord
 
-__all__ = ["EMOutput", "MStep", "m_step_problem", "run_em", "render_crop", "laplace_uncertainty", "JAW_WEIGHT"]
+__all__ = ["EMOutput", "MStep", "m_step_problem", "e_step", "run_em", "render_crop", "laplace_uncertainty", "JAW_WEIGHT"]
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,55 @@ def m_step_problem(mt, crop: torch.Tensor, landmarks: torch.Tensor, lm_index: to
     return MStep(LeastSquaresProblem(blocks), layout, params, photo, lmk, priors)
 
 
+def e_step(crop: np.ndarray, render: np.ndarray, region: np.ndarray, mask: np.ndarray, config: FitConfig, *,
+           prior_logit: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """One E-step: the new visible-face mask from the fitted render.
+
+    Args:
+        crop: ``(H, W, 3)`` float target image in [0, 1].
+        render: ``(H, W, 3)`` float render of the current parameters.
+        region: ``(H, W)`` bool rendered-face region.
+        mask: ``(H, W)`` bool previous visible-face mask.
+        config: the fit's settings (``sigma``, ``min_sigma``, ``sigma_from``, ``sigma_adapt``,
+            ``edge_sigma``, ``nonface_histogram``, ``smoothness``, ``region_test``).
+        prior_logit: optional ``(H, W)`` extra log-odds of face.
+
+    Returns:
+        ``(mask (H, W) bool, posterior (H, W) float32 P(face | colour) inside the region, sigma)``.
+
+    Example:
+        >>> mask, post, sigma = e_step(crop, render, region, mask, FitConfig())   # doctest: +SKIP
+    """
+    residual = crop - render
+    face_now = mask & region
+    if config.sigma is None:
+        # σ robustly (MAD) from the residuals of the current face mask, or of the whole
+        # region; the floor keeps it from shrinking round after round on real photos.
+        sigma_pixels = region if config.sigma_from == "region" or not face_now.any() else face_now
+        sigma = max(config.min_sigma, float(occlusion.robust_sigma(residual, sigma_pixels)))
+    elif config.sigma_adapt > 0:
+        # sharper than config.sigma only where the model explains the image better than a photo's
+        sigma = occlusion.adaptive_sigma(residual, face_now, render, factor=config.sigma_adapt,
+                                         floor=min(config.min_sigma, config.sigma), cap=config.sigma)
+    else:
+        sigma = config.sigma
+    sigma_map = (occlusion.edge_sigma_map(render, region, sigma, edge_scale=config.edge_sigma, image=crop)
+                 if config.edge_sigma > 0 else sigma)
+    face_ll = occlusion.face_loglik(residual, sigma_map)
+    # Non-face colours: the histogram of the pixels currently believed non-face
+    # (background, and occluders inside the region), not of the face itself.
+    nonface_weight = 1.0 - face_now.astype(np.float64) if config.nonface_histogram == "nonface" else None
+    nonface_ll = occlusion.nonface_loglik(crop, weights=nonface_weight)
+    new_mask = occlusion.segment(face_ll, nonface_ll, region, smoothness=config.smoothness,
+                                 prior_logit=prior_logit)
+    if config.region_test > 0:
+        # what the pixels accept may still fail as a whole (a skin-coloured hand)
+        new_mask &= ~occlusion.region_outliers(crop, residual, sigma_map, region, new_mask,
+                                               ratio=config.region_test)
+    posterior_np = occlusion.posterior(face_ll, nonface_ll).astype(np.float32) * region
+    return new_mask, posterior_np, float(sigma)
+
+
 def run_em(
     model: MorphableModel,
     crop: torch.Tensor,
@@ -257,21 +306,12 @@ def run_em(
             break
         residual = crop_np - render_np
         if config.use_em:
-            # σ robustly (MAD) from the residuals of the current face mask, or of the whole
-            # region; the floor keeps it from shrinking round after round on real photos.
-            sigma_pixels = region_np if config.sigma_from == "region" or not (mask_np & region_np).any() \
-                else (mask_np & region_np)
-            sigma = config.sigma if config.sigma is not None else max(
-                config.min_sigma, float(occlusion.robust_sigma(residual, sigma_pixels)))
-            face_ll = occlusion.face_loglik(residual, sigma)
-            # Non-face colours: the histogram of the pixels currently believed non-face
-            # (background, and occluders inside the region), not of the face itself.
-            nonface_weight = (1.0 - (mask_np & region_np).astype(np.float64)
-                              if config.nonface_histogram == "nonface" else None)
-            nonface_ll = occlusion.nonface_loglik(crop_np, weights=nonface_weight)
-            new_mask = occlusion.segment(face_ll, nonface_ll, region_np, smoothness=config.smoothness,
-                                         prior_logit=prior_logit)
-            posterior_np = occlusion.posterior(face_ll, nonface_ll).astype(np.float32) * region_np
+            new_mask, posterior_np, e_sigma = e_step(crop_np, render_np, region_np, mask_np, config,
+                                                   prior_logit=prior_logit)
+            # The next M-step's σ follows the E-step's, down to config.photometric_min_sigma: a σ as
+            # sharp as a clean image's noise would let pixels of an occluder still labelled face
+            # (part of a hand) pull the shape.
+            sigma = e_sigma if config.sigma is None else max(e_sigma, config.photometric_min_sigma)
         else:
             new_mask = region_np.copy()
             posterior_np = region_np.astype(np.float32)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 
 import cv2
@@ -50,6 +51,9 @@ __all__ = [
     "nonface_loglik",
     "posterior",
     "segment",
+    "edge_sigma_map",
+    "adaptive_sigma",
+    "region_outliers",
     "ColourTransform",
     "InitialMask",
     "conservative_initial_mask",
@@ -101,7 +105,8 @@ def face_loglik(residual, sigma: "float | np.ndarray" = FACE_SIGMA) -> np.ndarra
 
     Args:
         residual: ``(H, W, C)`` image minus render, colours in ``[0, 1]`` (any leading shape works).
-        sigma: scalar or ``(C,)`` per-channel noise standard deviation, > 0.
+        sigma: scalar, ``(C,)`` per-channel, or ``(H, W, C)`` per-pixel (e.g. :func:`edge_sigma_map`)
+            noise standard deviation, > 0.
 
     Returns:
         ``(H, W)`` float64 log-likelihood.
@@ -112,12 +117,14 @@ def face_loglik(residual, sigma: "float | np.ndarray" = FACE_SIGMA) -> np.ndarra
     r = _np(residual, "residual")
     if r.ndim < 1:
         raise ShapeError(f"residual: expected shape (H, W, C), got {r.shape}")
-    s = np.asarray(sigma, dtype=np.float64)
-    if s.ndim > 1 or (s.ndim == 1 and s.shape[0] != r.shape[-1]):
-        raise ShapeError(f"sigma: expected a scalar or ({r.shape[-1]},), got {s.shape}")
+    s = _np(sigma, "sigma")
+    if s.ndim > 1 and s.shape != r.shape or (s.ndim == 1 and s.shape[0] != r.shape[-1]):
+        raise ShapeError(f"sigma: expected a scalar, ({r.shape[-1]},) or the residual's shape {r.shape}, got {s.shape}")
     if not np.all(np.isfinite(s)) or np.any(s <= 0):
-        raise InvalidInputError(f"sigma must be positive and finite, got {sigma!r}")
+        raise InvalidInputError("sigma must be positive and finite" + ("" if s.ndim > 1 else f", got {sigma!r}"))
     c = r.shape[-1]
+    if s.ndim > 1:  # per pixel
+        return -0.5 * np.sum((r / s) ** 2, axis=-1) - np.sum(np.log(s), axis=-1) - 0.5 * c * math.log(2.0 * math.pi)
     s = np.broadcast_to(s, (c,))
     return -0.5 * np.sum((r / s) ** 2, axis=-1) - np.sum(np.log(s)) - 0.5 * c * math.log(2.0 * math.pi)
 
@@ -454,6 +461,243 @@ def segment(
     g.maxflow()
     mask[reg] = g.get_grid_segments(nodes)
     return mask
+
+
+# ---------------------------------------------------------------------------- model-aware noise and regions
+
+
+def _render_gradient(render: np.ndarray, region: np.ndarray, dilate: int) -> np.ndarray:
+    """``(H, W, 3)`` per-channel gradient magnitude of the render (colour per pixel), 0 on the
+    region's one-pixel rim (the silhouette is not an edge of the face's colours), then a maximum over
+    a ``(2 dilate + 1)^2`` window (an edge that is off by ``dilate`` pixels is still covered)."""
+    g = np.empty_like(render)
+    for c in range(render.shape[-1]):
+        gy, gx = np.gradient(render[..., c])
+        g[..., c] = np.hypot(gx, gy)
+    g *= ndimage.binary_erosion(region, structure=np.ones((3, 3), bool))[..., None]
+    if dilate > 0:
+        g = ndimage.maximum_filter(g, size=(2 * dilate + 1, 2 * dilate + 1, 1))
+    return g
+
+
+def edge_sigma_map(render, region, sigma: float, *, edge_scale: float = 0.5, dilate: int = 1, image=None,
+                   rim: int = 2) -> np.ndarray:
+    """Per-pixel face noise: larger where the render has edges, ``sqrt(sigma^2 + (edge_scale |grad render_c|)^2)``.
+
+    A fit that is off by a fraction of a pixel leaves a residual of about
+    ``shift * |grad render|`` at the eyes, brows, lips and nostrils: misalignment,
+    not occlusion. Letting the face's colour noise grow with the render's own
+    gradient (``edge_scale`` in pixels of tolerated shift) keeps those pixels from
+    being cut out, so a sharper ``sigma`` can be used on flat skin.
+
+    Args:
+        render: ``(H, W, 3)`` render of the current fit, colours in ``[0, 1]``.
+        region: ``(H, W)`` bool rendered-face region.
+        sigma: noise standard deviation on flat skin (> 0).
+        edge_scale: tolerated misalignment in pixels (>= 0; 0 gives ``sigma`` everywhere).
+        dilate: the gradient is maximised over a ``(2 dilate + 1)^2`` window (>= 0).
+        image: optional ``(H, W, 3)`` image: on the region's outer ``rim`` pixels, where the
+            silhouette's own misalignment mixes face and background and the render (no background)
+            cannot say by how much, the image's gradient stands in for the render's.
+        rim: width of that band in pixels (>= 0).
+
+    Returns:
+        ``(H, W, 3)`` float64 per-pixel, per-channel sigma (pass it to :func:`face_loglik`).
+
+    Example:
+        >>> sig = edge_sigma_map(render, region, 0.043)
+        >>> face_ll = face_loglik(image - render, sig)
+    """
+    ren = _image(render, "render")
+    reg = _bool(region, "region", ren.shape[:2])
+    if not (math.isfinite(sigma) and sigma > 0):
+        raise ConfigError(f"sigma must be positive and finite, got {sigma}")
+    if not (math.isfinite(edge_scale) and edge_scale >= 0):
+        raise ConfigError(f"edge_scale must be a finite number >= 0 (pixels), got {edge_scale}")
+    if not (isinstance(dilate, (int, np.integer)) and dilate >= 0):
+        raise ConfigError(f"dilate must be an integer >= 0, got {dilate!r}")
+    if edge_scale == 0:
+        return np.full(ren.shape, float(sigma))
+    if not (isinstance(rim, (int, np.integer)) and rim >= 0):
+        raise ConfigError(f"rim must be an integer >= 0, got {rim!r}")
+    g = _render_gradient(np.nan_to_num(ren), reg, int(dilate))
+    if image is not None and rim > 0:
+        img = _image(image, "image")
+        check_shape("image", img, ren.shape)
+        band = reg & ~ndimage.binary_erosion(reg, iterations=int(rim))
+        gi = _render_gradient(np.nan_to_num(img), np.ones(reg.shape, bool), int(dilate))
+        g[band] = np.maximum(g[band], gi[band])
+    return np.sqrt(sigma ** 2 + (edge_scale * g) ** 2)
+
+
+def adaptive_sigma(
+    residual,
+    mask,
+    render,
+    *,
+    factor: float = 1.5,
+    floor: float = 0.02,
+    cap: float = FACE_SIGMA,
+    flat_quantile: float = 0.5,
+) -> float:
+    """The face noise sigma for this image: ``clip(factor * robust_sigma(flat visible skin), floor, cap)``.
+
+    The fixed ``cap`` (0.043, Egger 2018) suits photographs, whose residual holds
+    detail no model explains. An image that the model explains better -- a clean
+    or synthetic one -- deserves a sharper face likelihood, or a skin-coloured
+    occluder within 0.043 of the face's colour is taken for face. The robust sigma
+    (:func:`robust_sigma`) is measured on the pixels of ``mask`` where the render is
+    flat (gradient below its ``flat_quantile`` quantile there: skin, not features)
+    and inflated by ``factor`` (the MAD of the inliers underestimates the spread of
+    the face's heavy-tailed residual). On typical photographs
+    ``factor * robust >= cap`` and nothing changes.
+
+    Args:
+        residual: ``(H, W, 3)`` image minus render.
+        mask: ``(H, W)`` bool current visible face (if empty: no adaptation, returns ``cap``).
+        render: ``(H, W, 3)`` the render (to find flat skin).
+        factor: inflation of the robust estimate (> 0).
+        floor: lower bound (>= 0).
+        cap: upper bound (>= floor).
+        flat_quantile: quantile of the render gradient below which a pixel counts as flat, in (0, 1].
+
+    Returns:
+        sigma (float, colour units).
+
+    Example:
+        >>> sigma = adaptive_sigma(image - render, mask, render)    # 0.043 on a photo, less on a clean render
+    """
+    r = _image(residual, "residual")
+    m = _bool(mask, "mask", r.shape[:2])
+    ren = _image(render, "render")
+    check_shape("render", ren, r.shape)
+    if not (factor > 0 and 0 <= floor <= cap and 0 < cap and math.isfinite(cap)):
+        raise ConfigError(f"need factor > 0, 0 <= floor <= cap and cap > 0, got factor={factor}, floor={floor}, "
+                          f"cap={cap}")
+    if not (0 < flat_quantile <= 1):
+        raise ConfigError(f"flat_quantile must be in (0, 1], got {flat_quantile}")
+    m = m & np.all(np.isfinite(r), axis=-1)
+    if m.sum() < 20:
+        return float(cap)
+    g = _render_gradient(np.nan_to_num(ren), np.ones(m.shape, bool), 1).max(axis=-1)
+    flat = m & (g <= np.quantile(g[m], flat_quantile))
+    pix = flat if flat.sum() >= 20 else m
+    return float(np.clip(factor * robust_sigma(r, pix, min_sigma=1e-6, max_sigma=1.0), floor, cap))
+
+
+#: Felzenszwalb graph segmentation of :func:`region_outliers` (on [image, 0.5 + 4 residual], 6 channels).
+_REGION_SCALE, _REGION_SMOOTH, _REGION_MIN_SIZE, _RESIDUAL_GAIN = 50.0, 0.5, 20, 4.0
+
+
+def region_outliers(
+    image,
+    residual,
+    sigma,
+    region,
+    face,
+    *,
+    ratio: float = 2.0,
+    spread: float = 5.0,
+    clip: float = 3.0,
+    erode: int = 3,
+    blur: float = 1.0,
+) -> np.ndarray:
+    """Whole image regions whose residual is too large for the face: a region-level E-step test.
+
+    A skin-coloured occluder (a hand) is explained by the face model pixel by
+    pixel -- its colour is within the noise -- but not as a whole: its residual is
+    a coherent offset bounded by edges, where the face's residual is noise. The
+    test pools the evidence over edge-bounded regions:
+
+    1. regions: a Felzenszwalb graph segmentation (scikit-image) of the image
+       stacked with its residual (both edges of the image and edges of what the
+       model fails to explain bound a region);
+    2. per pixel the normalised residual ``z = |G_blur * residual / sigma|``
+       (``G_blur``: a Gaussian of ``blur`` pixels, which averages the noise but keeps an
+       offset), clipped at ``clip`` times its mean over the current face pixels
+       ``z_face`` (a few pixels along an occluder's edge do not make a region);
+    3. a region (its pixels ``erode`` pixels inside the face region) is an outlier when
+       its mean ``z`` exceeds ``ratio * z_face`` and also ``median + spread * 1.4826 MAD`` of
+       the region means over the regions labelled face (pixel-weighted). The second
+       bound adapts to images whose face residual varies from region to region on
+       its own (photographs: the model's misfit), where the test then stays silent.
+
+    Args:
+        image: ``(H, W, 3)`` crop, colours in ``[0, 1]``.
+        residual: ``(H, W, 3)`` image minus render.
+        sigma: scalar or ``(H, W, 3)`` face noise (:func:`edge_sigma_map`).
+        region: ``(H, W)`` bool rendered-face region.
+        face: ``(H, W)`` bool pixels currently labelled face (the reference).
+        ratio: outlier threshold relative to ``z_face`` (> 1).
+        spread: robust spread threshold over the face regions' means (>= 0).
+        clip: per-pixel clip of ``z`` in units of ``z_face`` (> 0).
+        erode: pixels of the region's rim left out of the statistics (>= 0).
+        blur: Gaussian blur of the residual in pixels (>= 0).
+
+    Returns:
+        ``(H, W)`` bool, True on pixels of outlier regions (inside ``region`` only).
+
+    Example:
+        >>> out = region_outliers(crop, crop - render, 0.043, region, mask)
+        >>> mask = mask & ~out
+    """
+    from skimage.segmentation import felzenszwalb
+
+    img = _image(image, "image")
+    r = _image(residual, "residual")
+    check_shape("residual", r, img.shape)
+    reg = _bool(region, "region", img.shape[:2])
+    fc = _bool(face, "face", img.shape[:2])
+    s = _np(sigma, "sigma")
+    if s.ndim > 0 and s.shape != r.shape:
+        raise ShapeError(f"sigma: expected a scalar or shape {r.shape}, got {s.shape}")
+    if not np.all(np.isfinite(s)) or np.any(s <= 0):
+        raise InvalidInputError("sigma must be positive and finite")
+    if not (ratio > 1 and spread >= 0 and clip > 0 and blur >= 0):
+        raise ConfigError(f"need ratio > 1, spread >= 0, clip > 0, blur >= 0; got {ratio}, {spread}, {clip}, {blur}")
+    if not (isinstance(erode, (int, np.integer)) and erode >= 0):
+        raise ConfigError(f"erode must be an integer >= 0, got {erode!r}")
+    out = np.zeros(reg.shape, bool)
+    inner = ndimage.binary_erosion(reg, iterations=int(erode)) if erode else reg.copy()
+    inner &= np.all(np.isfinite(img), axis=-1) & np.all(np.isfinite(r), axis=-1)
+    ref_pix = fc & inner
+    if ref_pix.sum() < 20:
+        return out
+    r0 = np.where(reg[..., None], np.nan_to_num(r), 0.0)
+    # segment only the region's bounding box (+ a margin): the cost is in the graph segmentation
+    ys, xs = np.nonzero(reg)
+    box = (slice(max(int(ys.min()) - 2, 0), int(ys.max()) + 3), slice(max(int(xs.min()) - 2, 0), int(xs.max()) + 3))
+    stack = np.concatenate([np.nan_to_num(img[box]), np.clip(0.5 + _RESIDUAL_GAIN * r0[box], 0.0, 1.0)], axis=-1)
+    labels = np.zeros(reg.shape, np.int64)
+    with warnings.catch_warnings():  # skimage warns that a 6-channel image is taken as multichannel: it is
+        warnings.filterwarnings("ignore", message=".*third dimension.*", category=RuntimeWarning)
+        labels[box] = 1 + felzenszwalb(stack, scale=_REGION_SCALE, sigma=_REGION_SMOOTH,
+                                       min_size=_REGION_MIN_SIZE, channel_axis=-1)
+    rb = ndimage.gaussian_filter(r0, (blur, blur, 0)) if blur > 0 else r0
+    z = np.sqrt(np.sum((rb / s) ** 2, axis=-1))
+    z_face = float(z[ref_pix].mean())
+    if not z_face > 0:
+        return out
+    z = np.minimum(z, clip * z_face)
+    n = int(labels.max()) + 1
+    count = np.bincount(labels[inner], minlength=n).astype(np.float64)
+    mean = np.bincount(labels[inner], weights=z[inner], minlength=n) / np.maximum(count, 1.0)
+    face_count = np.bincount(labels[ref_pix], minlength=n).astype(np.float64)
+    used = face_count > 0
+    med = _weighted_median(mean[used], face_count[used])
+    mad = _weighted_median(np.abs(mean[used] - med), face_count[used])
+    threshold = max(ratio * z_face, med + spread * _MAD_TO_SIGMA * mad)
+    bad = (count > 0) & (mean > threshold)
+    out = bad[labels] & reg
+    log.debug("region test: z_face %.3g, threshold %.3g, %d outlier regions, %.1f%% of the face region",
+              z_face, threshold, int(bad.sum()), 100.0 * out.sum() / max(int(reg.sum()), 1))
+    return out
+
+
+def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    order = np.argsort(values)
+    cw = np.cumsum(weights[order])
+    return float(values[order][min(int(np.searchsorted(cw, 0.5 * cw[-1])), values.size - 1)])
 
 
 # ---------------------------------------------------------------------------- first E-step
