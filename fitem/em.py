@@ -154,7 +154,7 @@ def m_step_problem(mt, crop: torch.Tensor, landmarks: torch.Tensor, lm_index: to
 
 
 def e_step(crop: np.ndarray, render: np.ndarray, region: np.ndarray, mask: np.ndarray, config: FitConfig, *,
-           prior_logit: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+           prior_logit: np.ndarray | None = None, final: bool = True) -> tuple[np.ndarray, np.ndarray, float]:
     """One E-step: the new visible-face mask from the fitted render.
 
     Args:
@@ -165,9 +165,12 @@ def e_step(crop: np.ndarray, render: np.ndarray, region: np.ndarray, mask: np.nd
         config: the fit's settings (``sigma``, ``min_sigma``, ``sigma_from``, ``sigma_adapt``,
             ``edge_sigma``, ``nonface_histogram``, ``smoothness``, ``region_test``).
         prior_logit: optional ``(H, W)`` extra log-odds of face.
+        final: the E-step whose mask is the result: its region test segments at full
+            resolution; earlier ones (whose masks only steer the next M-step) at half.
 
     Returns:
-        ``(mask (H, W) bool, posterior (H, W) float32 P(face | colour) inside the region, sigma)``.
+        ``(mask (H, W) bool, posterior (H, W) float32 P(face | colour) inside the region -- 0 on
+        the regions the region test rejects --, sigma)``.
 
     Example:
         >>> mask, post, sigma = e_step(crop, render, region, mask, FitConfig())   # doctest: +SKIP
@@ -194,11 +197,14 @@ def e_step(crop: np.ndarray, render: np.ndarray, region: np.ndarray, mask: np.nd
     nonface_ll = occlusion.nonface_loglik(crop, weights=nonface_weight)
     new_mask = occlusion.segment(face_ll, nonface_ll, region, smoothness=config.smoothness,
                                  prior_logit=prior_logit)
-    if config.region_test > 0:
-        # what the pixels accept may still fail as a whole (a skin-coloured hand)
-        new_mask &= ~occlusion.region_outliers(crop, residual, sigma_map, region, new_mask,
-                                               ratio=config.region_test)
     posterior_np = occlusion.posterior(face_ll, nonface_ll).astype(np.float32) * region
+    if config.region_test > 0:
+        # what the pixels accept may still fail as a whole (a skin-coloured hand); the posterior
+        # follows the decision there (FitResult.posterior is P(face), used downstream)
+        outliers = occlusion.region_outliers(crop, residual, sigma_map, region, new_mask, ratio=config.region_test,
+                                             downsample=1 if final else 2)
+        new_mask &= ~outliers
+        posterior_np[outliers] = 0.0
     return new_mask, posterior_np, float(sigma)
 
 
@@ -305,9 +311,11 @@ def run_em(
             failed, message = True, f"the face left the image in round {r + 1}"
             break
         residual = crop_np - render_np
+        last = r == config.rounds - 1
         if config.use_em:
+            prev_mask = mask_np
             new_mask, posterior_np, e_sigma = e_step(crop_np, render_np, region_np, mask_np, config,
-                                                   prior_logit=prior_logit)
+                                                   prior_logit=prior_logit, final=last)
             # The next M-step's σ follows the E-step's, down to config.photometric_min_sigma: a σ as
             # sharp as a clean image's noise would let pixels of an occluder still labelled face
             # (part of a hand) pull the shape.
@@ -318,6 +326,12 @@ def run_em(
         new_mask = new_mask & valid_np
         n_region = max(int(region_np.sum()), 1)
         change = float((new_mask != (mask_np & region_np))[region_np].sum()) / n_region
+        converged = config.use_em and r >= 1 and change < config.mask_tolerance
+        if converged and not last and config.region_test > 0:
+            # this E-step's mask is the result after all: redo it with the full-resolution region test
+            new_mask, posterior_np, _ = e_step(crop_np, render_np, region_np, prev_mask, config,
+                                               prior_logit=prior_logit, final=True)
+            new_mask = new_mask & valid_np
         mask_np = new_mask
         timings["e_step"] += time.perf_counter() - t0
 
@@ -336,7 +350,7 @@ def run_em(
         log.info("round %d: cost %.4g → %.4g, visible %.1f %%, change %.2f %%, rmse %.4f",
                  r + 1, res.cost_history[0], res.cost_history[-1], 100 * rounds[-1].mask_fraction,
                  100 * change, rmse)
-        if config.use_em and r >= 1 and change < config.mask_tolerance:
+        if converged:
             message = f"mask converged after {r + 1} rounds"
             break
 

@@ -466,18 +466,25 @@ def segment(
 # ---------------------------------------------------------------------------- model-aware noise and regions
 
 
+_CENTRAL_DIFF = np.array([[-0.5, 0.0, 0.5]], np.float32)
+
+
 def _render_gradient(render: np.ndarray, region: np.ndarray, dilate: int) -> np.ndarray:
     """``(H, W, 3)`` per-channel gradient magnitude of the render (colour per pixel), 0 on the
     region's one-pixel rim (the silhouette is not an edge of the face's colours), then a maximum over
     a ``(2 dilate + 1)^2`` window (an edge that is off by ``dilate`` pixels is still covered)."""
-    g = np.empty_like(render)
-    for c in range(render.shape[-1]):
-        gy, gx = np.gradient(render[..., c])
-        g[..., c] = np.hypot(gx, gy)
-    g *= ndimage.binary_erosion(region, structure=np.ones((3, 3), bool))[..., None]
+    # central differences (OpenCV: ~10x faster than np.gradient + ndimage here; the image border uses
+    # replicated pixels, i.e. half the one-sided difference)
+    ren = np.ascontiguousarray(render, dtype=np.float32)
+    gx = cv2.filter2D(ren, -1, _CENTRAL_DIFF, borderType=cv2.BORDER_REPLICATE)
+    gy = cv2.filter2D(ren, -1, _CENTRAL_DIFF.T, borderType=cv2.BORDER_REPLICATE)
+    g = np.hypot(gx, gy).reshape(render.shape)
+    inner = cv2.erode(region.astype(np.uint8), np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT,
+                      borderValue=0)
+    g *= inner.astype(bool)[..., None]
     if dilate > 0:
-        g = ndimage.maximum_filter(g, size=(2 * dilate + 1, 2 * dilate + 1, 1))
-    return g
+        g = cv2.dilate(g, np.ones((2 * dilate + 1, 2 * dilate + 1), np.uint8), borderType=cv2.BORDER_REPLICATE)
+    return g.reshape(render.shape).astype(np.float64)
 
 
 def edge_sigma_map(render, region, sigma: float, *, edge_scale: float = 0.5, dilate: int = 1, image=None,
@@ -585,7 +592,8 @@ def adaptive_sigma(
     return float(np.clip(factor * robust_sigma(r, pix, min_sigma=1e-6, max_sigma=1.0), floor, cap))
 
 
-#: Felzenszwalb graph segmentation of :func:`region_outliers` (on [image, 0.5 + 4 residual], 6 channels).
+#: Felzenszwalb graph segmentation of :func:`region_outliers` (on [image, 0.5 + 4 residual], 6 channels);
+#: scale and minimum size are per full-resolution pixel (scaled when it runs downsampled).
 _REGION_SCALE, _REGION_SMOOTH, _REGION_MIN_SIZE, _RESIDUAL_GAIN = 50.0, 0.5, 20, 4.0
 
 
@@ -601,6 +609,7 @@ def region_outliers(
     clip: float = 3.0,
     erode: int = 3,
     blur: float = 1.0,
+    downsample: int = 1,
 ) -> np.ndarray:
     """Whole image regions whose residual is too large for the face: a region-level E-step test.
 
@@ -633,6 +642,8 @@ def region_outliers(
         clip: per-pixel clip of ``z`` in units of ``z_face`` (> 0).
         erode: pixels of the region's rim left out of the statistics (>= 0).
         blur: Gaussian blur of the residual in pixels (>= 0).
+        downsample: segment an image this many times smaller (an integer >= 1; 2 is ~8x
+            cheaper, with slightly coarser regions).
 
     Returns:
         ``(H, W)`` bool, True on pixels of outlier regions (inside ``region`` only).
@@ -641,7 +652,6 @@ def region_outliers(
         >>> out = region_outliers(crop, crop - render, 0.043, region, mask)
         >>> mask = mask & ~out
     """
-    from skimage.segmentation import felzenszwalb
 
     img = _image(image, "image")
     r = _image(residual, "residual")
@@ -655,6 +665,8 @@ def region_outliers(
         raise InvalidInputError("sigma must be positive and finite")
     if not (ratio > 1 and spread >= 0 and clip > 0 and blur >= 0):
         raise ConfigError(f"need ratio > 1, spread >= 0, clip > 0, blur >= 0; got {ratio}, {spread}, {clip}, {blur}")
+    if not (isinstance(downsample, (int, np.integer)) and downsample >= 1):
+        raise ConfigError(f"downsample must be an integer >= 1, got {downsample!r}")
     if not (isinstance(erode, (int, np.integer)) and erode >= 0):
         raise ConfigError(f"erode must be an integer >= 0, got {erode!r}")
     out = np.zeros(reg.shape, bool)
@@ -671,8 +683,7 @@ def region_outliers(
     labels = np.zeros(reg.shape, np.int64)
     with warnings.catch_warnings():  # skimage warns that a 6-channel image is taken as multichannel: it is
         warnings.filterwarnings("ignore", message=".*third dimension.*", category=RuntimeWarning)
-        labels[box] = 1 + felzenszwalb(stack, scale=_REGION_SCALE, sigma=_REGION_SMOOTH,
-                                       min_size=_REGION_MIN_SIZE, channel_axis=-1)
+        labels[box] = 1 + _segment_regions(stack, downsample)
     rb = ndimage.gaussian_filter(r0, (blur, blur, 0)) if blur > 0 else r0
     z = np.sqrt(np.sum((rb / s) ** 2, axis=-1))
     z_face = float(z[ref_pix].mean())
@@ -692,6 +703,23 @@ def region_outliers(
     log.debug("region test: z_face %.3g, threshold %.3g, %d outlier regions, %.1f%% of the face region",
               z_face, threshold, int(bad.sum()), 100.0 * out.sum() / max(int(reg.sum()), 1))
     return out
+
+
+def _segment_regions(stack: np.ndarray, f: int = 1) -> np.ndarray:
+    """Felzenszwalb labels of ``stack (h, w, C)`` at full resolution, computed on an ``f``-times smaller,
+    area-averaged image (at ``f = 2`` the segmentation is ~8x cheaper) and expanded back (nearest)."""
+    from skimage.segmentation import felzenszwalb
+
+    h, w = stack.shape[:2]
+    if f <= 1 or min(h, w) < 8 * f:
+        return felzenszwalb(stack, scale=_REGION_SCALE, sigma=_REGION_SMOOTH, min_size=_REGION_MIN_SIZE,
+                            channel_axis=-1)
+    hs, ws = -(-h // f), -(-w // f)
+    pad = np.pad(stack, ((0, hs * f - h), (0, ws * f - w), (0, 0)), mode="edge")
+    small = pad.reshape(hs, f, ws, f, -1).mean(axis=(1, 3))
+    lab = felzenszwalb(small, scale=_REGION_SCALE / (f * f), sigma=_REGION_SMOOTH,
+                       min_size=max(_REGION_MIN_SIZE // (f * f), 1), channel_axis=-1)
+    return np.repeat(np.repeat(lab, f, axis=0), f, axis=1)[:h, :w]
 
 
 def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:

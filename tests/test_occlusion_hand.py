@@ -107,8 +107,9 @@ def test_adaptive_sigma_sharpens_clean_images_and_leaves_photos_alone():
 # ---------------------------------------------------------------------------- region test
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_region_outliers_take_a_skin_coloured_occluder_whole(seed):
+@pytest.mark.parametrize("seed,downsample", [(0, 1), (1, 1), (0, 2)])
+def test_region_outliers_take_a_skin_coloured_occluder_whole(seed, downsample):
+    # downsample=2: the cheaper half-resolution segmentation of the EM's non-final E-steps
     image, render, region, occ = _face_scene(seed)
     residual = image - render
     # the per-pixel test with the usual sigma accepts (almost) all of the occluder
@@ -117,7 +118,7 @@ def test_region_outliers_take_a_skin_coloured_occluder_whole(seed):
     pixel_mask = oc.segment(face_ll, nonface_ll, region, smoothness=1.0)
     assert (pixel_mask & occ).sum() > 0.8 * occ.sum()
     sig = oc.edge_sigma_map(render, region, 0.01)
-    out = oc.region_outliers(image, residual, sig, region, pixel_mask)
+    out = oc.region_outliers(image, residual, sig, region, pixel_mask, downsample=downsample)
     assert not (out & ~region).any()
     assert (out & occ).sum() > 0.85 * occ.sum()
     assert (out & region & ~occ).sum() < 0.03 * (region & ~occ).sum()
@@ -150,6 +151,8 @@ def test_region_outliers_input_checks():
         oc.region_outliers(image, r, 0.02, region, region, ratio=1.0)
     with pytest.raises(ShapeError):
         oc.region_outliers(image, r, np.ones((3,)), region, region)
+    with pytest.raises(ConfigError, match="downsample"):
+        oc.region_outliers(image, r, 0.02, region, region, downsample=0)
     assert not oc.region_outliers(image, r, 0.02, region, np.zeros_like(region)).any()  # no reference
 
 
