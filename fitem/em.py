@@ -26,7 +26,8 @@ from fitem.render.camera import Camera
 from fitem.render.interpolate import interpolate
 from fitem.result import RoundRecord
 
-__all__ = ["EMOutput", "MStep", "m_step_problem", "e_step", "run_em", "render_crop", "laplace_uncertainty", "JAW_WEIGHT"]
+__all__ = ["EMOutput", "MStep", "m_step_problem", "e_step", "run_em", "render_crop", "laplace_uncertainty",
+           "JAW_WEIGHT"]
 
 log = logging.getLogger(__name__)
 
