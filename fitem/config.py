@@ -41,6 +41,9 @@ class FitConfig:
         robust_scale: the M-step's Cauchy loss on each pixel's colour residual has scale
             ``robust_scale · σ`` (0 = plain least squares).
         max_pixels: pixels sampled per M-step for the photometric term.
+        max_trials: LM trial steps per iteration. When all are rejected, the round's M-step
+            stops at its best point (not a failure): the rasterised cost has a noise floor, and
+            steps that need many rejections gain nothing there.
         landmark_weight: weight of the landmark term in round 1;
             multiplied by ``landmark_decay`` every round.
         landmark_sigma: landmark noise in pixels at ``size`` 224 (scaled with size).
@@ -96,6 +99,7 @@ class FitConfig:
     effective_pixels: float = 2000.0
     robust_scale: float = 3.0
     max_pixels: int = 3000
+    max_trials: int = 3
     landmark_weight: float = 1.0
     landmark_sigma: float = 3.0
     landmark_decay: float = 0.5
@@ -129,6 +133,7 @@ class FitConfig:
         positive_int("iterations", 0)
         positive_int("first_iterations", 0)
         positive_int("max_pixels", 16)
+        positive_int("max_trials", 1)
         for name in ("n_shape", "n_expression", "n_colour"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 0):

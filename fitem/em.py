@@ -20,7 +20,7 @@ from fitem.config import FitConfig
 from fitem.fitting.jacobian import vertex_state
 from fitem.fitting.terms import LandmarkTerm, PhotometricTerm
 from fitem.models.morphable import MorphableModel
-from fitem.optim import GaussianPrior, LeastSquaresProblem, NormalEquationsBlock, solve
+from fitem.optim import GaussianPrior, LeastSquaresProblem, NormalEquationsBlock, SolveStatus, solve
 from fitem.params import AMBIENT_LIGHT, BLOCKS, FaceParams, ParamLayout
 from fitem.render.camera import Camera
 from fitem.render.interpolate import interpolate
@@ -286,12 +286,15 @@ def run_em(
         x0 = layout.flatten(params).double()
         t0 = time.perf_counter()
         # JᵀJ at the solution is needed only after the last round (Laplace uncertainty).
-        res = solve(problem, x0, method="lm", max_iterations=max(n_iter, 1), final_jtj=(r == config.rounds - 1))
+        res = solve(problem, x0, method="lm", max_iterations=max(n_iter, 1), max_trials=config.max_trials,
+                    final_jtj=(r == config.rounds - 1))
         timings["m_step"] += time.perf_counter() - t0
         new_params = layout.unflatten(res.x.to(dtype), base)
         for k, c in enumerate(res.cost_history):
             iterations.append({"round": r, "iteration": k, "cost": float(c)})
-        solver_failed = "FAILED" in str(getattr(res.status, "name", res.status)).upper()
+        # No decrease within max_trials ends the round at its best point (STOPPED_NO_DECREASE, or
+        # FAILED_NO_PROGRESS when the round's start was already that point): a stop, not a failure.
+        solver_failed = res.status.failed and res.status is not SolveStatus.FAILED_NO_PROGRESS
         if solver_failed or not _finite(new_params):
             failed, message = True, f"M-step of round {r + 1} failed: {res.message}"
             log.warning(message)
@@ -385,10 +388,24 @@ def laplace_uncertainty(model: MorphableModel, covariance: torch.Tensor, layout:
     if not geo:
         return sigma, None
     idx = torch.cat([torch.arange(layout.slice(n).start, layout.slice(n).stop) for n in geo])
-    cov_g = cov[idx][:, idx]
-    mt = model.tensors(dtype=torch.float64)
-    parts = [mt.shape_basis if n == "shape" else mt.expression_basis for n in geo]
-    basis = torch.cat(parts, dim=-1)  # (N, 3, Kg)
-    var = torch.einsum("ndk,kl,ndl->n", basis, cov_g, basis)
+    # Σ_geo = L Lᵀ with L = V √max(e, 0) (the covariance is a pseudo-inverse: semidefinite), so
+    # trace(B_i Σ B_iᵀ) = |B_i L|²; the product runs on the model's float32 bases.
+    evals, evecs = torch.linalg.eigh(cov[idx][:, idx])
+    root = (evecs * evals.clamp_min(0).sqrt()).float()
+    mt = model.tensors(dtype=torch.float32)
+    bases = [(mt.shape_basis if n == "shape" else mt.expression_basis).reshape(3 * model.n_vertices, -1)
+             for n in geo]
+    sq = torch.empty(3 * model.n_vertices, dtype=torch.float32)
+    for a in range(0, sq.numel(), 4096):  # row chunks that stay in cache: 2x faster than one product
+        bl, start = None, 0
+        for b in bases:
+            k = b.shape[-1]
+            if bl is None:
+                bl = b[a:a + 4096] @ root[start:start + k]
+            else:
+                bl.addmm_(b[a:a + 4096], root[start:start + k])
+            start += k
+        sq[a:a + 4096] = (bl * bl).sum(-1)
+    var = sq.reshape(model.n_vertices, 3).sum(-1, dtype=torch.float64)
     return sigma, var.clamp_min(0).sqrt().numpy().astype(np.float32)
 

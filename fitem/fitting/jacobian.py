@@ -10,9 +10,17 @@ The chain rule, per vertex first and per pixel second::
 :func:`vertex_jacobians` builds ``∂(u, v, z)/∂θ`` and ``∂col/∂θ`` for every
 vertex (``(N, 3, P)`` each, P = free parameters of a :class:`~fitem.params.ParamLayout`),
 keeping the dependence of the normals on shape and expression (shading is the
-main cue to shape). :func:`pixel_jacobian` combines them for a set of covered
-pixels through the perspective-correct barycentrics. The photometric term
-accumulates ``JᵀJ`` and ``Jᵀr`` in pixel chunks and never holds the whole J.
+main cue to shape), and :func:`pixel_values_and_jacobian` combines them for a set
+of covered pixels through the perspective-correct barycentrics (the landmark term
+and the tests use this path).
+
+The photometric term goes pixel first instead (:func:`pixel_factors`,
+:func:`pixel_jacobian`): per vertex it keeps only 3×3 factors and the basis rows
+``[B; N B]`` (N the sparse normal operator), and applies each pixel's chain-rule
+coefficients to them in one sparse product, so no ``(N, ·, P)`` tensor is formed
+(2.5x faster for a BFM-sized model). Both paths give the same J (tested in float64).
+The photometric term accumulates ``JᵀJ`` and ``Jᵀr`` in pixel chunks and never holds
+the whole J.
 """
 from __future__ import annotations
 
@@ -27,7 +35,7 @@ from fitem.render.camera import FLIP, Camera, rotation_matrix
 from fitem.render.shading import SH_CONSTANTS, sh_basis
 
 __all__ = ["VertexState", "VertexJacobians", "vertex_state", "vertex_jacobians", "pixel_values_and_jacobian",
-           "rotation_derivatives", "pixel_barycentrics",
+           "PixelFactors", "pixel_factors", "pixel_jacobian", "rotation_derivatives", "pixel_barycentrics",
            "NormalOperator", "normal_operator", "sh_basis_derivative"]
 
 
@@ -101,19 +109,23 @@ def sh_basis_derivative(normals: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.stack(r, dim=-1) for r in rows], dim=-2)
 
 
-def _apply_basis(basis: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
-    """``(N, 3, K) @ (K,) -> (N, 3)`` as one matrix-vector product."""
+def _apply_basis(basis: torch.Tensor, coefficients: torch.Tensor, transposed: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+    """``(N, 3, K) @ (K,) -> (N, 3)`` as one matrix-vector product (on the ``(K, 3N)``
+    copy ``transposed`` when there is one: it streams through memory in order)."""
     n, _, k = basis.shape
     if k == 0:
         return torch.zeros(n, 3, dtype=basis.dtype, device=basis.device)
+    if transposed is not None:
+        return torch.mv(transposed.t(), coefficients).reshape(n, 3)
     return torch.mv(basis.reshape(3 * n, k), coefficients).reshape(n, 3)
 
 
 def vertex_state(mt: ModelTensors, params: FaceParams, camera: Camera) -> VertexState:
     """Forward pass of one (unbatched) face, keeping what the Jacobians need."""
-    x = mt.shape_mean + mt.expression_mean + _apply_basis(mt.shape_basis, params.shape) + _apply_basis(
-        mt.expression_basis, params.expression)
-    albedo = mt.colour_mean + _apply_basis(mt.colour_basis, params.colour)
+    x = mt.shape_mean + mt.expression_mean + _apply_basis(mt.shape_basis, params.shape, mt.shape_basis_t) + (
+        _apply_basis(mt.expression_basis, params.expression, mt.expression_basis_t))
+    albedo = mt.colour_mean + _apply_basis(mt.colour_basis, params.colour, mt.colour_basis_t)
     rot = rotation_matrix(params.rotation)
     flip = torch.tensor(FLIP, dtype=x.dtype, device=x.device)
     cam = (x @ rot.T) * flip + params.translation
@@ -279,21 +291,36 @@ class NormalOperator:
         self.cols = cols[order]
         counts = torch.bincount(rows, minlength=3 * n_vertices)
         self.crow = torch.cat([torch.zeros(1, dtype=torch.long, device=device), counts.cumsum(0)])
-        self.component = torch.tensor([c for _, _, c, _ in self._SKEW], device=device)
-        self.sign = torch.tensor([s for _, _, _, s in self._SKEW])
+        component = torch.tensor([c for _, _, c, _ in self._SKEW], device=device)
+        sign = torch.tensor([s for _, _, _, s in self._SKEW], device=device)
+        # Each CSR entry (in CSR order) is sign · (Σ of its pair's edges)[component].
+        self.entry_pair = order // 6
+        self.entry_component = component[order % 6]
+        self.entry_sign = sign[order % 6]
+        # Each (f, i, v) entry's edge E_{f,v} = X[head] - X[tail], and the vertex i receiving it.
+        corner = torch.arange(3, device=device)
+        self.edge_head = tri[:, (corner + 2) % 3][:, None, :].expand(T, 3, 3).reshape(-1)
+        self.edge_tail = tri[:, (corner + 1) % 3][:, None, :].expand(T, 3, 3).reshape(-1)
+        self.entry_vertex = i_idx.reshape(-1)
         self.triangles = tri
         self.n = n_vertices
 
     def matrix(self, vertices: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The sparse CSR ``(3N, 3N)`` matrix at ``vertices`` ``(N, 3)``, or only the
-        3 rows of each vertex in ``rows`` (``(3R, 3N)``)."""
-        tri = self.triangles
-        xa, xb, xc = vertices[tri[:, 0]], vertices[tri[:, 1]], vertices[tri[:, 2]]
-        edges = torch.stack([xc - xb, xa - xc, xb - xa], dim=1)  # (T, 3 corners v, 3)
-        ent = edges[:, None, :, :].expand(-1, 3, -1, -1).reshape(-1, 3)  # (9T, 3) indexed (f, i, v)
-        s = torch.zeros(self.n_pairs, 3, dtype=vertices.dtype, device=vertices.device).index_add_(0, self.inverse, ent)
-        vals = (s[:, self.component] * self.sign.to(s)).reshape(-1)[self.order]
+        3 rows of each vertex in ``rows`` (``(3R, 3N)``; only the faces around those
+        vertices are visited)."""
+        entries = None
+        if rows is not None:
+            wanted = torch.zeros(self.n, dtype=torch.bool, device=vertices.device)
+            wanted[rows] = True
+            entries = torch.nonzero(wanted[self.entry_vertex]).reshape(-1)
+        head = self.edge_head if entries is None else self.edge_head[entries]
+        tail = self.edge_tail if entries is None else self.edge_tail[entries]
+        inverse = self.inverse if entries is None else self.inverse[entries]
+        ent = vertices[head] - vertices[tail]  # (E, 3) edge opposite each entry's v
+        s = torch.zeros(self.n_pairs, 3, dtype=vertices.dtype, device=vertices.device).index_add_(0, inverse, ent)
         crow, cols = self.crow, self.cols
+        pick = None
         n_rows = 3 * self.n
         if rows is not None:
             sel = (3 * rows[:, None] + torch.arange(3, device=rows.device)).reshape(-1)
@@ -302,7 +329,11 @@ class NormalOperator:
             total = int(crow[-1])
             pick = torch.repeat_interleave(starts - crow[:-1], counts, output_size=total) + torch.arange(
                 total, device=crow.device)
-            cols, vals, n_rows = cols[pick], vals[pick], sel.numel()
+            cols, n_rows = cols[pick], sel.numel()
+        pair = self.entry_pair if pick is None else self.entry_pair[pick]
+        comp = self.entry_component if pick is None else self.entry_component[pick]
+        sign = self.entry_sign if pick is None else self.entry_sign[pick]
+        vals = s.reshape(-1)[pair * 3 + comp] * sign.to(s.dtype)
         with warnings.catch_warnings():  # "sparse CSR support is in beta"
             warnings.simplefilter("ignore", UserWarning)
             return torch.sparse_csr_tensor(crow, cols, vals, size=(n_rows, 3 * self.n), check_invariants=False)
@@ -348,6 +379,48 @@ def pixel_barycentrics(screen: torch.Tensor, vid: torch.Tensor, pixel_uv: torch.
     return h / h.sum(dim=1, keepdim=True)
 
 
+def _pixel_terms(state: VertexState, vid: torch.Tensor, pixel_uv: torch.Tensor):
+    """Perspective-correct barycentrics ``λ (M, 3)`` of pixel centres in triangles ``vid (M, 3)``,
+    the pixel colours ``(M, 3)`` and ``g = ∂I_c/∂(u, v, z)_j`` ``(M, 3c, 3j, 3d)``."""
+    scr = state.screen[vid]  # (M, 3j, 3)
+    q = scr[..., :2]
+    z = scr[..., 2]
+    rel = q - pixel_uv[:, None, :]  # q_j - p
+    # Screen-space barycentrics s_k = w_k / D, w_k = cross2(q_{k+1} - p, q_{k+2} - p).
+    w = torch.stack([_cross2(rel[:, (k + 1) % 3], rel[:, (k + 2) % 3]) for k in range(3)], dim=1)  # (M, 3)
+    D = w.sum(dim=1, keepdim=True)
+    s = w / D
+    h = s / z
+    H = h.sum(dim=1, keepdim=True)
+    lam = h / H  # (M, 3)
+
+    M = vid.shape[0]
+    dtype, device = lam.dtype, lam.device
+    # ∂w_k/∂q_j (M, 3k, 3j, 2)
+    dw = torch.zeros(M, 3, 3, 2, dtype=dtype, device=device)
+    for k in range(3):
+        a = rel[:, (k + 1) % 3]
+        b = rel[:, (k + 2) % 3]
+        dw[:, k, (k + 1) % 3, 0] = b[:, 1]
+        dw[:, k, (k + 1) % 3, 1] = -b[:, 0]
+        dw[:, k, (k + 2) % 3, 0] = -a[:, 1]
+        dw[:, k, (k + 2) % 3, 1] = a[:, 0]
+    dD = dw.sum(dim=1, keepdim=True)  # (M, 1, 3j, 2)
+    ds = (dw - s[:, :, None, None] * dD) / D[:, :, None, None]  # (M, 3k, 3j, 2)
+    dh_q = ds / z[:, :, None, None]
+    Hh = H[:, :, None, None]
+    dlam_q = (dh_q - lam[:, :, None, None] * dh_q.sum(dim=1, keepdim=True)) / Hh  # (M, 3k, 3j, 2)
+    # ∂λ_k/∂z_j = (-δ_kj s_k / z_k² + λ_k s_j / z_j²) / H
+    sz2 = s / z**2  # (M, 3)
+    dlam_z = (-torch.diag_embed(sz2) + lam[:, :, None] * sz2[:, None, :]) / H[:, :, None]  # (M, 3k, 3j)
+    dlam = torch.cat([dlam_q, dlam_z[..., None]], dim=-1)  # (M, 3k, 3j, 3d)
+
+    col = state.colours[vid]  # (M, 3k, 3c)
+    values = torch.einsum("mk,mkc->mc", lam, col)
+    g = torch.einsum("mkc,mkjd->mcjd", col, dlam)  # (M, 3c, 3j, 3d): ∂I_c/∂(u, v, z)_j
+    return lam, values, g
+
+
 def pixel_values_and_jacobian(
     state: VertexState,
     jac: VertexJacobians,
@@ -373,42 +446,9 @@ def pixel_values_and_jacobian(
         ``(u, v, z)`` are analytic.
     """
     vid = triangles[pixel_tri]  # (M, 3)
-    scr = state.screen[vid]  # (M, 3j, 3)
-    q = scr[..., :2]
-    z = scr[..., 2]
-    rel = q - pixel_uv[:, None, :]  # q_j - p
-    # Screen-space barycentrics s_k = w_k / D, w_k = cross2(q_{k+1} - p, q_{k+2} - p).
-    w = torch.stack([_cross2(rel[:, (k + 1) % 3], rel[:, (k + 2) % 3]) for k in range(3)], dim=1)  # (M, 3)
-    D = w.sum(dim=1, keepdim=True)
-    s = w / D
-    h = s / z
-    H = h.sum(dim=1, keepdim=True)
-    lam = h / H  # (M, 3)
-
+    lam, values, g = _pixel_terms(state, vid, pixel_uv)
     M = pixel_tri.shape[0]
     dtype, device = lam.dtype, lam.device
-    # ∂w_k/∂q_j (M, 3k, 3j, 2)
-    dw = torch.zeros(M, 3, 3, 2, dtype=dtype, device=device)
-    for k in range(3):
-        a = rel[:, (k + 1) % 3]
-        b = rel[:, (k + 2) % 3]
-        dw[:, k, (k + 1) % 3, 0] = b[:, 1]
-        dw[:, k, (k + 1) % 3, 1] = -b[:, 0]
-        dw[:, k, (k + 2) % 3, 0] = -a[:, 1]
-        dw[:, k, (k + 2) % 3, 1] = a[:, 0]
-    dD = dw.sum(dim=1, keepdim=True)  # (M, 1, 3j, 2)
-    ds = (dw - s[:, :, None, None] * dD) / D[:, :, None, None]  # (M, 3k, 3j, 2)
-    dh_q = ds / z[:, :, None, None]
-    Hh = H[:, :, None, None]
-    dlam_q = (dh_q - lam[:, :, None, None] * dh_q.sum(dim=1, keepdim=True)) / Hh  # (M, 3k, 3j, 2)
-    # ∂λ_k/∂z_j = (-δ_kj s_k / z_k² + λ_k s_j / z_j²) / H
-    sz2 = s / z**2  # (M, 3)
-    dlam_z = (-torch.diag_embed(sz2) + lam[:, :, None] * sz2[:, None, :]) / H[:, :, None]  # (M, 3k, 3j)
-    dlam = torch.cat([dlam_q, dlam_z[..., None]], dim=-1)  # (M, 3k, 3j, 3d)
-
-    col = state.colours[vid]  # (M, 3k, 3c)
-    values = torch.einsum("mk,mkc->mc", lam, col)
-    g = torch.einsum("mkc,mkjd->mcjd", col, dlam)  # (M, 3c, 3j, 3d): ∂I_c/∂(u, v, z)_j
     # One gather of the stacked per-vertex Jacobian [∂(u, v, z); ∂(r, g, b)] (N, 6, P).
     coef = torch.zeros(M, 3, 3, 6, dtype=dtype, device=device)
     coef[..., :3] = g
@@ -425,4 +465,176 @@ def pixel_values_and_jacobian(
         warnings.simplefilter("ignore", UserWarning)
         C = torch.sparse_csr_tensor(crow, cols, coef.reshape(-1), size=(3 * M, 6 * N), check_invariants=False)
     J = (C @ stacked.reshape(6 * N, P)).reshape(M, 3, P)
+    return values, J
+
+
+def _csr(crow: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, cols, vals, size=size, check_invariants=False)
+
+
+@dataclass(frozen=True)
+class PixelFactors:
+    """Per-vertex factors of the photometric Jacobian for the vertices ``used`` of a set of pixels.
+
+    Unlike :class:`VertexJacobians`, nothing here is ``(N, ·, P)``: the linear blocks
+    (shape, expression, colour) stay as basis rows, and :func:`pixel_jacobian` applies
+    each pixel's small chain-rule coefficients to them, so the per-vertex Jacobian is
+    never formed.
+    """
+
+    layout: ParamLayout
+    used: torch.Tensor  # (n,) vertex ids
+    dscreen: torch.Tensor  # (n, 3, 3) ∂(u, v, z)/∂X
+    geo_names: tuple[str, ...]  # free shape / expression blocks, in layout order
+    geo: torch.Tensor | None  # (n, 6, Kg): [∂X/∂θ; ∂ñ/∂θ] of the geo blocks (basis rows, normal operator)
+    dcol_draw: torch.Tensor | None  # (n, 3c, 3) ∂col/∂ñ (raw model-space normal)
+    pose_names: tuple[str, ...]  # free rotation / translation blocks
+    pose_screen: torch.Tensor | None  # (n, 3, Pp) ∂(u, v, z)/∂pose
+    pose_colour: torch.Tensor | None  # (n, 3, Pp) ∂col/∂pose
+    colour_basis: torch.Tensor | None  # (n, 3, Kc) when colour is free
+    shading: torch.Tensor  # (n, 3)
+    albedo: torch.Tensor  # (n, 3)
+    sh: torch.Tensor  # (n, 9)
+
+
+def pixel_factors(
+    mt: ModelTensors,
+    params: FaceParams,
+    layout: ParamLayout,
+    camera: Camera,
+    state: VertexState,
+    used: torch.Tensor,
+) -> PixelFactors:
+    """The per-vertex factors of :func:`pixel_jacobian` for the vertices ``used`` ``(n,)``."""
+    st = state
+    dtype, device = st.vertices.dtype, st.vertices.device
+    x, cam = st.vertices[used], st.cam[used]
+    n = used.numel()
+    flip = torch.tensor(FLIP, dtype=dtype, device=device)
+    z = cam[:, 2]
+    f = camera.focal
+    dproj = torch.zeros(n, 3, 3, dtype=dtype, device=device)
+    dproj[:, 0, 0] = f / z
+    dproj[:, 0, 2] = -f * cam[:, 0] / z**2
+    dproj[:, 1, 1] = f / z
+    dproj[:, 1, 2] = -f * cam[:, 1] / z**2
+    dproj[:, 2, 2] = 1.0
+    dscreen = dproj @ (flip[:, None] * st.rotation)  # ∂(u, v, z)/∂X = ∂proj/∂C · FLIP · R
+
+    geo = [(name, mt.shape_basis if name == "shape" else mt.expression_basis)
+           for name in ("shape", "expression") if name in layout.names and layout.sizes[layout.names.index(name)]]
+    pose_names = tuple(name for name in ("rotation", "translation") if name in layout.names)
+    dcol_dm = None
+    if geo or "rotation" in pose_names:
+        # ∂shading_c/∂m (view normal) = Σ_k L_kc ∂B_k/∂m; colour = albedo · shading.
+        dsh = sh_basis_derivative(st.normals_view[used])  # (n, 9, 3)
+        dcol_dm = st.albedo[used][:, :, None] * torch.einsum("nkm,kc->ncm", dsh, params.light)  # (n, 3c, 3m)
+    geo_t = dcol_draw = None
+    if geo:
+        # ∂n/∂ñ = (I - n nᵀ)/|ñ|, m = R n; ∂ñ/∂X through the sparse normal operator.
+        normals = st.normals[used]
+        nrm = st.normal_raw[used].norm(dim=-1).clamp_min(1e-12)
+        proj = torch.eye(3, dtype=dtype, device=device) - normals[:, :, None] * normals[:, None, :]
+        dcol_draw = torch.bmm(dcol_dm @ st.rotation, proj) / nrm[:, None, None]  # (n, 3c, 3)
+        matrix = normal_operator(mt.triangles, st.vertices.shape[0]).matrix(st.vertices, used)  # (3n, 3N)
+        parts = []
+        for _, b in geo:
+            k = b.shape[-1]
+            parts.append(torch.cat([b[used], (matrix @ b.reshape(-1, k)).reshape(n, 3, k)], dim=1))
+        geo_t = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+    pose_screen = pose_colour = None
+    if pose_names:
+        ps, pc = [], []
+        if "rotation" in pose_names:
+            drot = rotation_derivatives(params.rotation)
+            dcam = torch.einsum("aij,nj->nia", drot, x) * flip[None, :, None]  # (n, 3, 3a)
+            ps.append(torch.bmm(dproj, dcam))
+            pc.append(torch.bmm(dcol_dm, torch.einsum("aij,nj->nia", drot, st.normals[used])))
+        if "translation" in pose_names:
+            ps.append(dproj)
+            pc.append(torch.zeros(n, 3, 3, dtype=dtype, device=device))
+        pose_screen, pose_colour = torch.cat(ps, dim=-1), torch.cat(pc, dim=-1)
+    return PixelFactors(
+        layout=layout, used=used, dscreen=dscreen, geo_names=tuple(name for name, _ in geo), geo=geo_t,
+        dcol_draw=dcol_draw, pose_names=pose_names, pose_screen=pose_screen, pose_colour=pose_colour,
+        colour_basis=mt.colour_basis[used] if "colour" in layout.names else None,
+        shading=st.shading[used], albedo=st.albedo[used], sh=st.sh[used],
+    )
+
+
+def pixel_jacobian(
+    state: VertexState,
+    factors: PixelFactors,
+    triangles: torch.Tensor,
+    pixel_tri: torch.Tensor,
+    pixel_uv: torch.Tensor,
+    local_vid: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rendered colours and their Jacobian at covered pixels, pixel first.
+
+    ``∂I_p/∂θ = Σ_k g_k ∂(u, v, z)_k/∂θ + λ_k ∂col_k/∂θ`` over the triangle's corners
+    k. For a linear block (``X = … + B θ``), ``∂(u, v, z)_k/∂θ = D_k B_k`` and
+    ``∂col_k/∂θ = (∂col_k/∂ñ) (N B)_k``, so each pixel needs only two 3×3 coefficient
+    matrices per corner, applied to the stacked rows ``[B; N B]`` of its corners by
+    one sparse product: the ``(N, 6, P)`` per-vertex Jacobian of
+    :func:`pixel_values_and_jacobian` is never built. Same result, same arguments
+    plus:
+
+    Args:
+        factors: :func:`pixel_factors` for (at least) the pixels' vertices.
+        local_vid: ``(M, 3)`` rows of ``factors`` for each pixel's triangle corners.
+
+    Returns:
+        ``(values (M, 3), J (M, 3, P))`` with P = ``factors.layout.size``.
+    """
+    vid = triangles[pixel_tri]
+    lam, values, g = _pixel_terms(state, vid, pixel_uv)
+    M = vid.shape[0]
+    n = factors.used.numel()
+    dtype, device = lam.dtype, lam.device
+    blocks: dict[str, torch.Tensor] = {}
+    if factors.geo is not None:
+        # Per pixel and corner k: [g_k D_k | λ_k ∂col_k/∂ñ] (3c × 6), a sparse (3M, 6n) matrix.
+        coef = torch.empty(M, 3, 3, 6, dtype=dtype, device=device)  # (m, c, k, 6)
+        coef[..., :3] = torch.einsum("mcjd,mjdx->mcjx", g, factors.dscreen[local_vid])
+        coef[..., 3:] = lam[:, None, :, None] * factors.dcol_draw[local_vid].transpose(1, 2)
+        cols = (local_vid[:, None, :, None] * 6 + torch.arange(6, device=device)).expand(M, 3, 3, 6).reshape(-1)
+        crow = torch.arange(3 * M + 1, device=device) * 18
+        kg = factors.geo.shape[-1]
+        Jg = (_csr(crow, cols, coef.reshape(-1), (3 * M, 6 * n)) @ factors.geo.reshape(6 * n, kg)).reshape(M, 3, kg)
+        start = 0
+        for name in factors.geo_names:
+            size = factors.layout.sizes[factors.layout.names.index(name)]
+            blocks[name] = Jg[..., start:start + size]
+            start += size
+    if factors.pose_screen is not None:
+        Jp = torch.einsum("mcjd,mjdp->mcp", g, factors.pose_screen[local_vid]) + torch.einsum(
+            "mk,mkcp->mcp", lam, factors.pose_colour[local_vid])
+        start = 0
+        for name in factors.pose_names:
+            blocks[name] = Jp[..., start:start + 3]
+            start += 3
+    if factors.colour_basis is not None and factors.colour_basis.shape[-1]:
+        # ∂I_c/∂θ_colour = Σ_k λ_k shading_kc B_kc: a sparse (3M, 3n) matrix of 3 entries per row.
+        kc = factors.colour_basis.shape[-1]
+        w = (lam[:, :, None] * factors.shading[local_vid]).transpose(1, 2)  # (m, c, k)
+        cols = (local_vid[:, None, :] * 3 + torch.arange(3, device=device)[None, :, None]).reshape(-1)
+        crow = torch.arange(3 * M + 1, device=device) * 3
+        blocks["colour"] = (_csr(crow, cols, w.reshape(-1), (3 * M, 3 * n))
+                            @ factors.colour_basis.reshape(3 * n, kc)).reshape(M, 3, kc)
+    if "light" in factors.layout.names:
+        # light (9, 3) flattened row-major: column l*3 + c holds Σ_k λ_k albedo_kc sh_kl for channel c.
+        a = torch.einsum("mk,mkc,mkl->mcl", lam, factors.albedo[local_vid], factors.sh[local_vid])  # (m, c, l)
+        Jl = torch.zeros(M, 3, 9, 3, dtype=dtype, device=device)
+        for c in range(3):
+            Jl[:, c, :, c] = a[:, c]
+        blocks["light"] = Jl.reshape(M, 3, 27)
+    parts = []
+    for name, size in zip(factors.layout.names, factors.layout.sizes):
+        if size == 0:
+            continue
+        parts.append(blocks[name] if name in blocks else torch.zeros(M, 3, size, dtype=dtype, device=device))
+    J = torch.cat(parts, dim=-1) if parts else torch.zeros(M, 3, 0, dtype=dtype, device=device)
     return values, J

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fitem.fitting.jacobian import pixel_barycentrics, pixel_values_and_jacobian, vertex_jacobians, vertex_state
+from fitem.fitting.jacobian import pixel_barycentrics, pixel_factors, pixel_jacobian, vertex_jacobians, vertex_state
 from fitem.models.morphable import ModelTensors
 from fitem.params import FaceParams, ParamLayout
 from fitem.render.camera import Camera
@@ -158,16 +158,15 @@ class PhotometricTerm:
         jtr = torch.zeros(P, dtype=dtype, device=device)
         if tri.numel() == 0:
             return NormalEquations(float("inf"), jtj, jtr)
-        # Per-vertex Jacobians only for the vertices of the sampled pixels' triangles.
+        # Per-vertex factors only for the vertices of the sampled pixels' triangles.
         used, local = torch.unique(self.mt.triangles[tri], return_inverse=True)
-        jac = vertex_jacobians(self.mt, params, layout, self.camera, st, vertex_index=used)
+        factors = pixel_factors(self.mt, params, layout, self.camera, st, used)
         local_tri = local.reshape(-1, 3)
         scale = self._scale(tri.numel())
         cost = 0.0
         for start in range(0, tri.numel(), self.chunk):
             sl = slice(start, start + self.chunk)
-            values, J = pixel_values_and_jacobian(st, jac, self.mt.triangles, tri[sl], uv[sl],
-                                                  jacobian_vid=local_tri[sl])
+            values, J = pixel_jacobian(st, factors, self.mt.triangles, tri[sl], uv[sl], local_tri[sl])
             r = values - self.target[pix[sl]]
             w = self.pixel_weight[pix[sl]] * scale
             rho, drho = self._loss((r * r).sum(-1))

@@ -25,9 +25,12 @@ class SolveStatus(enum.Enum):
     MAX_ITERATIONS = "max_iterations"
     #: the per-iteration callback asked to stop.
     STOPPED_BY_CALLBACK = "stopped_by_callback"
+    #: after at least one accepted step, ``max_trials`` trial steps in a row found no decrease:
+    #: the best point so far is returned (a cost with a noise floor, e.g. a rasterised one).
+    STOPPED_NO_DECREASE = "stopped_no_decrease"
     #: the cost, gradient, normal equations or step became NaN or infinite.
     FAILED_NONFINITE = "failed_nonfinite"
-    #: no trial step decreased the cost (LM damping / line search exhausted).
+    #: no trial step decreased the cost from the start point (LM damping / line search exhausted).
     FAILED_NO_PROGRESS = "failed_no_progress"
     #: the damped normal equations could not be solved (even by eigen-decomposition).
     FAILED_LINEAR_SOLVE = "failed_linear_solve"

@@ -110,8 +110,9 @@ def solve(
             (Nielsen's ``tau``).
         damping: LM only: ``"marquardt"`` (``D = diag JtJ``, scale invariant) or ``"identity"``.
         accept_threshold: LM only: accept a step when its gain ratio exceeds this (0 = any decrease).
-        max_trials: LM: rejected steps allowed per iteration; GN: line-search halvings.
-            Exhausting them stops with :attr:`SolveStatus.FAILED_NO_PROGRESS`.
+        max_trials: LM: trial steps allowed per iteration; GN: line-search halvings.
+            Exhausting them stops with :attr:`SolveStatus.STOPPED_NO_DECREASE` (the best
+            point so far) after an accepted step, else :attr:`SolveStatus.FAILED_NO_PROGRESS`.
         line_search: GN only: backtracking (Armijo) line search on the cost.
         gn_ridge: GN only: ``gn_ridge * max(diag JtJ)`` is added to the diagonal.
         free_mask: ``(P,)`` bool; parameters where it is False stay at ``x0``.
@@ -215,6 +216,7 @@ def solve(
     nu = 2.0
     dscale: torch.Tensor | None = None
     iterations = 0
+    any_accepted = False
 
     while status is None:
         if all_free:
@@ -300,11 +302,15 @@ def solve(
                 lam *= nu
                 nu *= 2.0
                 if trials >= max_trials:
-                    status = SolveStatus.FAILED_NO_PROGRESS
-                    message = (
-                        f"no decrease after {trials} damped trial steps (lambda = {lam:.3g}); the cost may be "
-                        "noisy at this precision -- use float64, or raise ftol/xtol"
-                    )
+                    if any_accepted:
+                        status = SolveStatus.STOPPED_NO_DECREASE
+                        message = f"no further decrease in {trials} damped trial steps (lambda = {lam:.3g})"
+                    else:
+                        status = SolveStatus.FAILED_NO_PROGRESS
+                        message = (
+                            f"no decrease after {trials} damped trial steps (lambda = {lam:.3g}); the cost may be "
+                            "noisy at this precision -- use float64, or raise ftol/xtol"
+                        )
                     break
         else:  # Gauss-Newton
             a = h
@@ -364,11 +370,16 @@ def solve(
                             )
                             break
                         if trials >= max_trials:
-                            status = SolveStatus.FAILED_NO_PROGRESS
-                            message = f"line search found no decrease in {trials} halvings; try method='lm'"
+                            if any_accepted:
+                                status = SolveStatus.STOPPED_NO_DECREASE
+                                message = f"line search found no further decrease in {trials} halvings"
+                            else:
+                                status = SolveStatus.FAILED_NO_PROGRESS
+                                message = f"line search found no decrease in {trials} halvings; try method='lm'"
                             break
 
         block_costs_before = lin.block_costs
+        any_accepted = any_accepted or accepted
         if accepted:
             dec = cost - cost_new
             x, cost = x_new, cost_new

@@ -329,6 +329,28 @@ def test_nan_jacobian_after_a_step_fails_with_last_finite_x():
     assert bool(torch.isfinite(res.x).all()) and math.isfinite(res.cost)
 
 
+@pytest.mark.parametrize("method", ["lm", "gn"])
+def test_no_decrease_after_progress_stops_at_the_best_point(method):
+    """A Jacobian that points the wrong way near the optimum (as a rasterised cost's noise floor
+    does): the solve stops there after max_trials, returns its best point, and is not a failure."""
+    def jac(x):
+        return torch.ones(1, 1, dtype=x.dtype) * (2.0 if abs(float(x[0]) - 3.0) > 0.5 else -1.0)  # halfway steps
+
+    problem = LeastSquaresProblem([ResidualBlock(lambda x: x - 3.0, jacobian=jac)])
+    res = solve(problem, torch.tensor([0.0], dtype=F64), method=method, max_trials=3)
+    assert res.status is SolveStatus.STOPPED_NO_DECREASE and not res.status.failed, res.message
+    assert 2.5 < float(res.x[0]) < 3.0 and res.cost == pytest.approx(0.5 * (float(res.x[0]) - 3.0) ** 2)
+    assert res.iterations >= 3 and res.cost < res.initial_cost / 50
+
+
+@pytest.mark.parametrize("method", ["lm", "gn"])
+def test_no_decrease_from_the_start_fails(method):
+    problem = LeastSquaresProblem([ResidualBlock(lambda x: x - 3.0, jacobian=lambda x: -torch.ones(1, 1, dtype=x.dtype))])
+    res = solve(problem, torch.tensor([0.0], dtype=F64), method=method, max_trials=3)
+    assert res.status is SolveStatus.FAILED_NO_PROGRESS and res.status.failed
+    assert torch.equal(res.x, torch.zeros(1, dtype=F64))
+
+
 def test_nan_region_is_avoided_by_lm_and_line_search():
     # sqrt(x) is NaN for x < 0; the undamped step from x=1 overshoots to negative values.
     def f(x):
