@@ -154,6 +154,18 @@ def _geometry_blocks(mt: ModelTensors, layout: ParamLayout) -> list[tuple[slice,
     return blocks
 
 
+def _projection_derivative(cam: torch.Tensor, focal: float) -> torch.Tensor:
+    """``∂(u, v, z)/∂C`` ``(n, 3, 3)`` of the pinhole projection at camera-space points ``cam (n, 3)``."""
+    z = cam[:, 2]
+    dproj = torch.zeros(cam.shape[0], 3, 3, dtype=cam.dtype, device=cam.device)
+    dproj[:, 0, 0] = focal / z
+    dproj[:, 0, 2] = -focal * cam[:, 0] / z**2
+    dproj[:, 1, 1] = focal / z
+    dproj[:, 1, 2] = -focal * cam[:, 1] / z**2
+    dproj[:, 2, 2] = 1.0
+    return dproj
+
+
 def vertex_jacobians(
     mt: ModelTensors,
     params: FaceParams,
@@ -189,15 +201,7 @@ def vertex_jacobians(
     n = x.shape[0]
     flip = torch.tensor(FLIP, dtype=dtype, device=device)
     frot = flip[:, None] * st.rotation  # FLIP @ R
-    # ∂(u, v, z)/∂C of the pinhole projection.
-    z = cam[:, 2]
-    f = camera.focal
-    dproj = torch.zeros(n, 3, 3, dtype=dtype, device=device)
-    dproj[:, 0, 0] = f / z
-    dproj[:, 0, 2] = -f * cam[:, 0] / z**2
-    dproj[:, 1, 1] = f / z
-    dproj[:, 1, 2] = -f * cam[:, 1] / z**2
-    dproj[:, 2, 2] = 1.0
+    dproj = _projection_derivative(cam, camera.focal)
     colour = with_colour
 
     def rows(t: torch.Tensor) -> torch.Tensor:
@@ -513,14 +517,7 @@ def pixel_factors(
     x, cam = st.vertices[used], st.cam[used]
     n = used.numel()
     flip = torch.tensor(FLIP, dtype=dtype, device=device)
-    z = cam[:, 2]
-    f = camera.focal
-    dproj = torch.zeros(n, 3, 3, dtype=dtype, device=device)
-    dproj[:, 0, 0] = f / z
-    dproj[:, 0, 2] = -f * cam[:, 0] / z**2
-    dproj[:, 1, 1] = f / z
-    dproj[:, 1, 2] = -f * cam[:, 1] / z**2
-    dproj[:, 2, 2] = 1.0
+    dproj = _projection_derivative(cam, camera.focal)
     dscreen = dproj @ (flip[:, None] * st.rotation)  # ∂(u, v, z)/∂X = ∂proj/∂C · FLIP · R
 
     geo = [(name, mt.shape_basis if name == "shape" else mt.expression_basis)
