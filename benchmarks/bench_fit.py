@@ -11,8 +11,9 @@ Images are synthetic renders of the same model with a scarf occluder
 is timed separately by ``bench_landmarks.py``), default ``FitConfig`` (3 EM rounds).
 Each model runs in its own process so that the peak resident memory is its own.
 
-Usage: ``python benchmarks/bench_fit.py [--repeats 5] [--threads N]``; writes
-``benchmarks/results/bench_fit.json``.
+Usage: ``python benchmarks/bench_fit.py [--repeats 5] [--threads N] [--device cuda] [--backend nvdiffrast]``;
+writes ``benchmarks/results/bench_fit.json`` (``--out`` elsewhere). On CUDA the stage times include
+the GPU work (every stage ends in a host copy of its result).
 """
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ def bfm2009_sized_model(seed: int = 0):
     )
 
 
-def run_one(model_name: str, repeats: int, threads: int) -> dict:
+def run_one(model_name: str, repeats: int, threads: int, device: str = "cpu", backend: str = "torch") -> dict:
     import torch
 
     if threads:
@@ -82,7 +83,7 @@ def run_one(model_name: str, repeats: int, threads: int) -> dict:
     from fitem.models import load_model
 
     model = load_model("demo") if model_name == "demo" else bfm2009_sized_model()
-    config = FitConfig(backend="torch")
+    config = FitConfig(backend=backend, device=device)
     samples = [make_sample(model, 500 + i, occluder="scarf") for i in range(repeats + 1)]
     fit(samples[0].image, landmarks=samples[0].landmarks68, model=model, config=config)  # warm-up
     rows = []
@@ -101,8 +102,11 @@ def run_one(model_name: str, repeats: int, threads: int) -> dict:
         "image_size": config.size, "em_rounds": config.rounds,
         "iterations_per_round": [config.first_iterations] + [config.iterations] * (config.rounds - 1),
         "max_pixels": config.max_pixels, "threads": torch.get_num_threads(), "repeats": repeats,
+        "device": device, "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor(),
+        "backend": r.backend,
         "median_seconds": med, "runs": rows,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None,
     }
 
 
@@ -111,23 +115,26 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--models", default="demo,bfm2009-sized")
+    ap.add_argument("--device", default="cpu", help="torch device of the fit (cpu, cuda)")
+    ap.add_argument("--backend", default="torch", help="rasterizer backend (torch, nvdiffrast, auto)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_fit.json"))
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(run_one(args.child, args.repeats, args.threads)))
+        print(json.dumps(run_one(args.child, args.repeats, args.threads, args.device, args.backend)))
         return
     results = []
     for name in args.models.split(","):
         proc = subprocess.run([sys.executable, __file__, "--child", name, "--repeats", str(args.repeats),
-                               "--threads", str(args.threads)], capture_output=True, text=True, check=True)
+                               "--threads", str(args.threads), "--device", args.device, "--backend", args.backend],
+                              capture_output=True, text=True, check=True)
         res = json.loads(proc.stdout.strip().splitlines()[-1])
         results.append(res)
         m = res["median_seconds"]
         print(f"{res['model']:<22} N={res['vertices']:>6} P={res['parameters']:>3} {res['image_size']}² "
               f"rounds={res['em_rounds']}: total {m['wall']:.2f} s (detect {m['detect']:.2f}, init {m['init']:.2f}, "
               f"M-step {m['m_step']:.2f}, E-step {m['e_step']:.2f}, output {m['output']:.2f}), "
-              f"peak RSS {res['peak_rss_mb']:.0f} MB, threads {res['threads']}")
+              f"peak RSS {res['peak_rss_mb']:.0f} MB, threads {res['threads']}, {res['device']} / {res['backend']}")
     out = {"benchmark": "fit_speed", "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                                                 "loadavg_after": os.getloadavg()},
            "results": results}

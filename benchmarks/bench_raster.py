@@ -20,7 +20,8 @@ recorded: numbers taken under contention are slower than on an idle machine.
 
 Usage:
     python benchmarks/bench_raster.py [--repeats 20] [--threads 1 2] [--sizes 224 512]
-                                      [--malloc tuned|default] [--device cpu]
+                                      [--malloc tuned|default] [--device cpu|cuda]
+                                      [--backends torch nvdiffrast]
                                       [--out benchmarks/results/bench_raster.json]
 
 ``--malloc default`` leaves glibc's malloc alone (``FITEM_TUNE_MALLOC=0``); by
@@ -30,6 +31,7 @@ the page faults of its per-frame temporaries.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -97,14 +99,15 @@ def _time(fn, repeats: int, sync) -> tuple[float, float]:
     return 1e3 * statistics.median(wall), 1e3 * statistics.median(cpu)
 
 
-def bench(size: int, name: str, v: torch.Tensor, f: torch.Tensor, repeats: int, device: torch.device) -> dict:
+def bench(size: int, name: str, v: torch.Tensor, f: torch.Tensor, repeats: int, device: torch.device,
+          backend: str = "torch") -> dict:
     cam = Camera.default(size)
     v, f = v.to(device), f.to(device)
     rot = torch.tensor(POSE, device=device)
     # distance at which the mesh's projected area is FILL of the image (calibrated on one frame)
     extent = (v[:, 0].amax() - v[:, 0].amin()) * (v[:, 1].amax() - v[:, 1].amin())
     dist = cam.focal * math.sqrt(math.pi / 4 * float(extent) / (FILL * size * size))
-    rast = make_rasterizer(f, cam.image_size, backend="torch", device=device)
+    rast = make_rasterizer(f, cam.image_size, backend=backend, device=device)
     for _ in range(3):
         tr = torch.tensor([0.0, 0.0, dist], device=device)
         cov = float(rast.rasterize(cam.project(to_camera(v[None], rot[None], tr[None]))).mask.float().mean())
@@ -121,7 +124,7 @@ def bench(size: int, name: str, v: torch.Tensor, f: torch.Tensor, repeats: int, 
     with torch.no_grad():
         f_wall, f_cpu = _time(lambda: render(v, albedo, light, rot, tr, cam, rast), repeats, sync)
     return {
-        "mesh": name, "vertices": int(v.shape[0]), "triangles": int(f.shape[0]), "image": size,
+        "backend": rast.backend, "mesh": name, "vertices": int(v.shape[0]), "triangles": int(f.shape[0]), "image": size,
         "coverage": round(coverage, 3), "distance_mm": round(dist, 1),
         "rasterize_ms": round(r_wall, 2), "rasterize_cpu_ms": round(r_cpu, 2),
         "render_ms": round(f_wall, 2), "render_cpu_ms": round(f_cpu, 2),
@@ -134,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, torch.get_num_threads()])
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 512])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--backends", nargs="+", default=["torch"], help="rasterizer backends (torch, nvdiffrast)")
     parser.add_argument("--malloc", choices=["tuned", "default"], default="tuned",
                         help="glibc malloc: fitem's settings (fitem._malloc, what the rasterizer applies) or "
                              "glibc's defaults (FITEM_TUNE_MALLOC=0)")
@@ -154,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_pressure_before": _cpu_pressure(), "loadavg_before": os.getloadavg(),
         },
         "settings": {"repeats": args.repeats, "pose_rad": POSE, "fill": FILL, "dtype": "float32",
-                     "backend": "torch", "statistic": "median after 3 warm-up runs",
+                     "backends": args.backends, "statistic": "median after 3 warm-up runs",
                      "cpu_ms": "CPU time of the calling thread only (time.thread_time)",
                      "malloc": args.malloc, "malloc_tuned": tuned},
         "runs": [],
@@ -164,10 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     for threads in thread_settings:
         torch.set_num_threads(threads)
         for size in args.sizes:
-            for name, v, f in all_meshes:
-                row = {"threads": threads, **bench(size, name, v, f, args.repeats, device)}
+            for (name, v, f), backend in itertools.product(all_meshes, args.backends):
+                row = {"threads": threads, **bench(size, name, v, f, args.repeats, device, backend)}
                 result["runs"].append(row)
-                print(f"threads={threads} {size}² {name:>17} ({row['triangles']} tris, cov {row['coverage']:.2f}): "
+                print(f"threads={threads} {size}² {backend:>10} {name:>17} ({row['triangles']} tris, "
+                      f"cov {row['coverage']:.2f}): "
                       f"rasterize {row['rasterize_ms']:7.2f} ms (cpu {row['rasterize_cpu_ms']:6.2f}), "
                       f"render {row['render_ms']:7.2f} ms (cpu {row['render_cpu_ms']:6.2f})", flush=True)
     result["machine"]["cpu_pressure_after"] = _cpu_pressure()

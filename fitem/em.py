@@ -381,7 +381,7 @@ def laplace_uncertainty(model: MorphableModel, covariance: torch.Tensor, layout:
     The vertex σ is ``sqrt(trace(B_i Σ_geo B_iᵀ))`` with ``B_i`` the vertex's
     shape + expression basis rows: the RMS positional uncertainty of vertex i.
     """
-    cov = covariance.double()
+    cov = covariance.detach().to(device="cpu", dtype=torch.float64)  # the bases' copy used here is on the CPU
     diag = torch.clamp(torch.diagonal(cov), min=0).sqrt()
     sigma = {name: diag[layout.slice(name)].tolist() for name in layout.names}
     geo = [n for n in ("shape", "expression") if n in layout.names and layout.sizes[layout.names.index(n)]]
