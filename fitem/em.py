@@ -164,7 +164,7 @@ def e_step(crop: np.ndarray, render: np.ndarray, region: np.ndarray, mask: np.nd
         region: ``(H, W)`` bool rendered-face region.
         mask: ``(H, W)`` bool previous visible-face mask.
         config: the fit's settings (``sigma``, ``min_sigma``, ``sigma_from``, ``sigma_adapt``,
-            ``edge_sigma``, ``nonface_histogram``, ``smoothness``, ``region_test``).
+            ``edge_sigma``, ``nonface_histogram``, ``smoothness``, ``region_test``, ``region_spread``).
         prior_logit: optional ``(H, W)`` extra log-odds of face.
         final: the E-step whose mask is the result: its region test segments at full
             resolution; earlier ones (whose masks only steer the next M-step) at half.
@@ -203,6 +203,7 @@ def e_step(crop: np.ndarray, render: np.ndarray, region: np.ndarray, mask: np.nd
         # what the pixels accept may still fail as a whole (a skin-coloured hand); the posterior
         # follows the decision there (FitResult.posterior is P(face), used downstream)
         outliers = occlusion.region_outliers(crop, residual, sigma_map, region, new_mask, ratio=config.region_test,
+                                             spread=config.region_spread,
                                              downsample=1 if final else 2)
         new_mask &= ~outliers
         posterior_np[outliers] = 0.0

@@ -175,10 +175,26 @@ def test_e_step_segments_the_skin_coloured_occluder():
 
 def test_fitconfig_validates_the_new_e_step_options():
     for bad in (dict(region_test=1.0), dict(region_test=-2.0), dict(edge_sigma=-0.1), dict(sigma_adapt=math.inf),
-                dict(photometric_min_sigma=-0.01)):
+                dict(photometric_min_sigma=-0.01), dict(region_spread=-1.0), dict(region_spread=math.nan)):
         with pytest.raises(ConfigError):
             FitConfig(**bad)
     FitConfig(region_test=0.0, edge_sigma=0.0, sigma_adapt=0.0)
+
+
+def test_region_spread_reaches_the_region_test(monkeypatch):
+    seen = []
+    real = oc.region_outliers
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["spread"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(oc, "region_outliers", spy)
+    image, render, region, _ = _face_scene(0)
+    for spread in (5.0, 0.5):
+        e_step(image.astype(np.float32), render.astype(np.float32), region, region.copy(),
+               FitConfig(region_spread=spread))
+    assert seen == [5.0, 0.5]
 
 
 def test_fit_m_step_sigma_follows_the_e_step_down_to_its_floor():
