@@ -18,7 +18,8 @@ The photometric term goes pixel first instead (:func:`pixel_factors`,
 :func:`pixel_jacobian`): per vertex it keeps only 3×3 factors and the basis rows
 ``[B; N B]`` (N the sparse normal operator), and applies each pixel's chain-rule
 coefficients to them in one sparse product, so no ``(N, ·, P)`` tensor is formed
-(2.5x faster for a BFM-sized model). Both paths give the same J (tested in float64).
+(a BFM-sized linearisation took 161 ms per call before, about 70 ms after). Both paths give the
+same J (tested in float64).
 The photometric term accumulates ``JᵀJ`` and ``Jᵀr`` in pixel chunks and never holds
 the whole J.
 """
