@@ -264,6 +264,13 @@ def vertex_jacobians(
     return VertexJacobians(stacked[:, :3], stacked[:, 3:], stacked)
 
 
+def _csr(crow: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A CSR matrix without invariant checks (the callers build valid ones)."""
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, cols, vals, size=size, check_invariants=False)
+
+
 class NormalOperator:
     """The linear map ``dX (N, 3, K) ↦ dñ (N, 3, K)`` of unnormalised vertex normals at a mesh state.
 
@@ -339,9 +346,7 @@ class NormalOperator:
         comp = self.entry_component if pick is None else self.entry_component[pick]
         sign = self.entry_sign if pick is None else self.entry_sign[pick]
         vals = s.reshape(-1)[pair * 3 + comp] * sign.to(s.dtype)
-        with warnings.catch_warnings():  # "sparse CSR support is in beta"
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.sparse_csr_tensor(crow, cols, vals, size=(n_rows, 3 * self.n), check_invariants=False)
+        return _csr(crow, cols, vals, (n_rows, 3 * self.n))
 
     def apply(self, vertices: torch.Tensor, d_vertices: torch.Tensor, rows: torch.Tensor | None = None
               ) -> torch.Tensor:
@@ -466,17 +471,9 @@ def pixel_values_and_jacobian(
     jv = vid if jacobian_vid is None else jacobian_vid
     cols = (jv[:, None, :, None] * 6 + torch.arange(6, device=device)).expand(M, 3, 3, 6).reshape(-1)
     crow = torch.arange(3 * M + 1, device=device) * 18
-    with warnings.catch_warnings():  # "sparse CSR support is in beta"
-        warnings.simplefilter("ignore", UserWarning)
-        C = torch.sparse_csr_tensor(crow, cols, coef.reshape(-1), size=(3 * M, 6 * N), check_invariants=False)
+    C = _csr(crow, cols, coef.reshape(-1), (3 * M, 6 * N))
     J = (C @ stacked.reshape(6 * N, P)).reshape(M, 3, P)
     return values, J
-
-
-def _csr(crow: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    with warnings.catch_warnings():  # "sparse CSR support is in beta"
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(crow, cols, vals, size=size, check_invariants=False)
 
 
 @dataclass(frozen=True)
