@@ -203,7 +203,7 @@ def e_step(crop: np.ndarray, render: np.ndarray, region: np.ndarray, mask: np.nd
         # what the pixels accept may still fail as a whole (a skin-coloured hand); the posterior
         # follows the decision there (FitResult.posterior is P(face), used downstream)
         outliers = occlusion.region_outliers(crop, residual, sigma_map, region, new_mask, ratio=config.region_test,
-                                             spread=config.region_spread,
+                                             spread=config.region_spread, crossing=config.region_crossing,
                                              downsample=1 if final else 2)
         new_mask &= ~outliers
         posterior_np[outliers] = 0.0

@@ -595,6 +595,8 @@ def adaptive_sigma(
 #: Felzenszwalb graph segmentation of :func:`region_outliers` (on [image, 0.5 + 4 residual], 6 channels);
 #: scale and minimum size are per full-resolution pixel (scaled when it runs downsampled).
 _REGION_SCALE, _REGION_SMOOTH, _REGION_MIN_SIZE, _RESIDUAL_GAIN = 50.0, 0.5, 20, 4.0
+_CROSSING_MIN_PIXELS = 30  # the outline test ignores regions with fewer pixels outside the face region
+_CROSSING_PART_FLOOR = 0.8  # ... and keeps the parts of a crossing region with mean z under this times z_face
 
 
 def region_outliers(
@@ -610,6 +612,9 @@ def region_outliers(
     erode: int = 3,
     blur: float = 1.0,
     downsample: int = 1,
+    crossing: float = 0.2,
+    crossing_ratio: float = 1.3,
+    margin: float = 0.25,
 ) -> np.ndarray:
     """Whole image regions whose residual is too large for the face: a region-level E-step test.
 
@@ -630,6 +635,24 @@ def region_outliers(
        the region means over the regions labelled face (pixel-weighted). The second
        bound adapts to images whose face residual varies from region to region on
        its own (photographs: the model's misfit), where the test then stays silent.
+    4. the outline test: the face ends at the model's silhouette, so an image region
+       that runs on without an edge well beyond it is another surface in front of the
+       face (a hand with its forearm, a scarf, hair). The image alone (not the
+       residual) is segmented again, at half resolution or coarser (``downsample``),
+       in the region's box grown by ``margin``; a region with at least ``crossing`` of
+       its pixels (and 0.5 % of the face region's) outside the face region crosses the
+       outline. Such a region is an outlier when the mean ``z`` of its pixels inside
+       the face exceeds ``crossing_ratio * z_face`` -- a face that merely runs on into
+       a like-coloured neck or background keeps the face's residual and stays -- except
+       for its parts (step-1 regions cut by it) whose mean ``z`` is under 0.8 ``z_face``
+       (the face it may have leaked into).
+
+    Measured with the full EM on ``fitem bench`` (100 images, true landmarks): the
+    outline test lifts hand occluder F1 from 0.55 to 0.77 and all classes from 0.83
+    to 0.89 (glasses, scarf and object move by -0.001 to +0.018); on 100 images not
+    used to choose the thresholds (``--seed 100``) hand goes from 0.53 to 0.72; on four real
+    photographs without occluders the visible share of the face region moves by
+    -0.012 to +0.015. A hand wholly inside the face's outline gains nothing from it.
 
     Args:
         image: ``(H, W, 3)`` crop, colours in ``[0, 1]``.
@@ -644,6 +667,12 @@ def region_outliers(
         blur: Gaussian blur of the residual in pixels (>= 0).
         downsample: segment an image this many times smaller (an integer >= 1; 2 is ~8x
             cheaper, with slightly coarser regions).
+        crossing: the outline test's share of a region outside the face region, in
+            ``(0, 1)``; 0 turns the outline test off.
+        crossing_ratio: the outline test's threshold on the mean ``z`` of a crossing region's
+            pixels inside the face, relative to ``z_face`` (>= 0).
+        margin: the outline test segments the face region's bounding box grown by this
+            fraction of its size on every side (> 0).
 
     Returns:
         ``(H, W)`` bool, True on pixels of outlier regions (inside ``region`` only).
@@ -669,6 +698,9 @@ def region_outliers(
         raise ConfigError(f"downsample must be an integer >= 1, got {downsample!r}")
     if not (isinstance(erode, (int, np.integer)) and erode >= 0):
         raise ConfigError(f"erode must be an integer >= 0, got {erode!r}")
+    if not (0 <= crossing < 1 and crossing_ratio >= 0 and margin > 0):
+        raise ConfigError(f"need 0 <= crossing < 1, crossing_ratio >= 0, margin > 0; got {crossing}, "
+                          f"{crossing_ratio}, {margin}")
     out = np.zeros(reg.shape, bool)
     inner = ndimage.binary_erosion(reg, iterations=int(erode)) if erode else reg.copy()
     inner &= np.all(np.isfinite(img), axis=-1) & np.all(np.isfinite(r), axis=-1)
@@ -702,6 +734,44 @@ def region_outliers(
     out = bad[labels] & reg
     log.debug("region test: z_face %.3g, threshold %.3g, %d outlier regions, %.1f%% of the face region",
               z_face, threshold, int(bad.sum()), 100.0 * out.sum() / max(int(reg.sum()), 1))
+    if crossing > 0:
+        out |= _crossing_outliers(img, reg, inner, labels, z, z_face, crossing, crossing_ratio, margin, downsample)
+    return out
+
+
+def _crossing_outliers(img: np.ndarray, reg: np.ndarray, inner: np.ndarray, labels: np.ndarray, z: np.ndarray,
+                       z_face: float, crossing: float, ratio: float, margin: float, downsample: int) -> np.ndarray:
+    """The outline test of :func:`region_outliers` (its step 4)."""
+    ys, xs = np.nonzero(reg)
+    my, mx = int(margin * (ys.max() - ys.min() + 1)), int(margin * (xs.max() - xs.min() + 1))
+    box = (slice(max(int(ys.min()) - my, 0), int(ys.max()) + my + 1),
+           slice(max(int(xs.min()) - mx, 0), int(xs.max()) + mx + 1))
+    coarse = np.zeros(reg.shape, np.int64)
+    coarse[box] = 1 + _segment_regions(np.nan_to_num(img[box]), max(downsample, 2))
+    outside = np.zeros(reg.shape, bool)
+    outside[box] = ~reg[box]
+    n = int(coarse.max()) + 1
+    n_in = np.bincount(coarse[reg], minlength=n)
+    n_out = np.bincount(coarse[outside], minlength=n)
+    crosses = (n_in > 0) & (n_out >= crossing * (n_in + n_out)) & (n_out >= max(_CROSSING_MIN_PIXELS,
+                                                                                  0.005 * int(reg.sum())))
+    # a crossing region is out when its part inside the face has a residual above the face's ...
+    count = np.bincount(coarse[inner], minlength=n)
+    total = np.bincount(coarse[inner], weights=z[inner], minlength=n)
+    crosses &= (count > 0) & (total > ratio * z_face * count)
+    candidate = crosses[coarse] & reg
+    if not candidate.any():
+        return candidate
+    # ... except its parts (step-1 regions cut by it) with a residual below the face's typical one
+    _, part = np.unique(coarse[candidate] * (int(labels.max()) + 1) + labels[candidate], return_inverse=True)
+    use = inner[candidate]
+    count = np.bincount(part[use], minlength=int(part.max()) + 1)
+    total = np.bincount(part[use], weights=z[candidate][use], minlength=count.size)
+    bad = (count == 0) | (total > _CROSSING_PART_FLOOR * z_face * count)
+    out = np.zeros(reg.shape, bool)
+    out[candidate] = bad[part]
+    log.debug("outline test: %d crossing regions, %d of %d parts out, %.1f%% of the face region",
+              int(crosses.sum()), int(bad.sum()), count.size, 100.0 * out.sum() / max(int(reg.sum()), 1))
     return out
 
 

@@ -144,6 +144,53 @@ def test_region_outliers_stay_silent_when_the_face_residual_varies_on_its_own():
     assert oc.region_outliers(photo, photo - render, sig, region, region, spread=0.0).sum() > out.sum()
 
 
+def _arm_scene(seed: int, size: int = 112):
+    """A photograph-like face (each block of it has its own residual offset, so the region test's spread
+    bound keeps step 3 silent) and a skin-coloured arm that runs from the cheek out across the face's
+    outline to the image border."""
+    image, render, region, _ = _face_scene(seed, size=size, hand=False)
+    rng = np.random.default_rng(seed)
+    v, u = np.mgrid[0:size, 0:size] / (size - 1) * 2 - 1
+    blocks = rng.normal(0, 0.03, (8, 8, 3)).repeat(size // 8 + 1, 0).repeat(size // 8 + 1, 1)[:size, :size]
+    photo = np.clip(image + blocks * region[..., None], 0, 1)
+    a, d = np.array([0.1, 0.0]), np.array([1.1, 1.2])  # the arm's axis: from a along d, 0.2 thick
+    t = np.clip(((u - a[0]) * d[0] + (v - a[1]) * d[1]) / (d @ d), 0, 1)
+    arm = (u - a[0] - t * d[0]) ** 2 + (v - a[1] - t * d[1]) ** 2 < 0.2 ** 2
+    photo = np.where(arm[..., None], np.clip(SKIN * 0.85 + rng.normal(0, 0.007, photo.shape), 0, 1), photo)
+    return photo, render, region, arm & region
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_outline_test_takes_an_arm_that_runs_across_the_face_outline(seed):
+    photo, render, region, occ = _arm_scene(seed)
+    sig = oc.edge_sigma_map(render, region, 0.01)
+    without = oc.region_outliers(photo, photo - render, sig, region, region, crossing=0.0)
+    out = oc.region_outliers(photo, photo - render, sig, region, region)
+    assert (without & occ).sum() < 0.1 * occ.sum()  # steps 1-3 alone keep the arm as face
+    assert (out & occ).sum() > 0.75 * occ.sum()
+    assert (out & region & ~occ).sum() < 0.01 * (region & ~occ).sum()
+    assert not (out & ~region).any()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_the_outline_test_keeps_a_face_that_runs_on_into_a_like_coloured_surface(seed):
+    """Outside the face region the face's own shading continues (a neck, a skin-coloured background):
+    the face merges with it into regions that cross the outline, but their residual is the face's."""
+    image, render, region, _ = _face_scene(seed, hand=False)
+    size = image.shape[0]
+    v, u = np.mgrid[0:size, 0:size] / (size - 1) * 2 - 1
+    shade = 0.8 + 0.2 * np.clip(1 - u ** 2 - v ** 2, 0, 1)
+    outside = SKIN * shade[..., None] + np.random.default_rng(seed).normal(0, 0.007, image.shape)
+    img = np.where(region[..., None], image, np.clip(outside, 0, 1))
+    sig = oc.edge_sigma_map(render, region, 0.01)
+    out = oc.region_outliers(img, img - render, sig, region, region)
+    assert out.sum() < 0.01 * region.sum()
+    # the scene does cross the outline: judged part by part without the region-level ratio, a share of
+    # the face would go (the reason for that ratio)
+    loose = oc.region_outliers(img, img - render, sig, region, region, crossing_ratio=0.0)
+    assert loose.sum() > 0.05 * region.sum()
+
+
 def test_region_outliers_input_checks():
     image, render, region, _ = _face_scene(hand=False)
     r = image - render
@@ -153,6 +200,9 @@ def test_region_outliers_input_checks():
         oc.region_outliers(image, r, np.ones((3,)), region, region)
     with pytest.raises(ConfigError, match="downsample"):
         oc.region_outliers(image, r, 0.02, region, region, downsample=0)
+    for bad in (dict(crossing=1.0), dict(crossing=-0.1), dict(crossing_ratio=-1.0), dict(margin=0.0)):
+        with pytest.raises(ConfigError, match="crossing"):
+            oc.region_outliers(image, r, 0.02, region, region, **bad)
     assert not oc.region_outliers(image, r, 0.02, region, np.zeros_like(region)).any()  # no reference
 
 
@@ -175,26 +225,27 @@ def test_e_step_segments_the_skin_coloured_occluder():
 
 def test_fitconfig_validates_the_new_e_step_options():
     for bad in (dict(region_test=1.0), dict(region_test=-2.0), dict(edge_sigma=-0.1), dict(sigma_adapt=math.inf),
-                dict(photometric_min_sigma=-0.01), dict(region_spread=-1.0), dict(region_spread=math.nan)):
+                dict(photometric_min_sigma=-0.01), dict(region_spread=-1.0), dict(region_spread=math.nan),
+                dict(region_crossing=1.0), dict(region_crossing=-0.2), dict(region_crossing=math.nan)):
         with pytest.raises(ConfigError):
             FitConfig(**bad)
     FitConfig(region_test=0.0, edge_sigma=0.0, sigma_adapt=0.0)
 
 
-def test_region_spread_reaches_the_region_test(monkeypatch):
+def test_region_spread_and_crossing_reach_the_region_test(monkeypatch):
     seen = []
     real = oc.region_outliers
 
     def spy(*args, **kwargs):
-        seen.append(kwargs["spread"])
+        seen.append((kwargs["spread"], kwargs["crossing"]))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(oc, "region_outliers", spy)
     image, render, region, _ = _face_scene(0)
-    for spread in (5.0, 0.5):
+    for spread, crossing in ((5.0, 0.2), (0.5, 0.0)):
         e_step(image.astype(np.float32), render.astype(np.float32), region, region.copy(),
-               FitConfig(region_spread=spread))
-    assert seen == [5.0, 0.5]
+               FitConfig(region_spread=spread, region_crossing=crossing))
+    assert seen == [(5.0, 0.2), (0.5, 0.0)]
 
 
 def test_fit_m_step_sigma_follows_the_e_step_down_to_its_floor():
