@@ -191,6 +191,30 @@ def test_the_outline_test_keeps_a_face_that_runs_on_into_a_like_coloured_surface
     assert loose.sum() > 0.05 * region.sum()
 
 
+def test_the_outline_test_grows_a_merged_region_from_where_it_crosses():
+    """A crossing region that also holds face (a hand merged with a cheek): from the outline inwards,
+    only the parts reached through parts with a residual above the face's, and only when they pool
+    to ``ratio`` times the face's."""
+    reg = np.zeros((4, 12), bool)
+    reg[:, :10] = True  # columns 10-11 lie outside the face, in the same image region
+    coarse = np.ones(reg.shape, np.int64)
+    part = np.full(reg.shape, -1, np.int64)
+    for pid, cols in enumerate((slice(0, 2), slice(2, 4), slice(4, 7), slice(7, 10))):  # D C B A
+        part[:, cols] = pid
+    p_count = np.bincount(part[reg], minlength=4)
+
+    def grown(means, eligible=np.ones(4, bool)):
+        return oc._grown_from_outline(part, coarse, reg, ~reg, np.ones(4, np.int64), p_count,
+                                      np.asarray(means) * p_count, 1.0, 1.3, eligible)
+
+    # A (at the outline) and B: out; C is face (below z_face) and cuts D off from the outline
+    assert grown([3.0, 0.5, 1.5, 2.0]).tolist() == [False, False, True, True]
+    # A and B pool to 1.15 < 1.3: nothing
+    assert not grown([3.0, 0.5, 1.2, 1.1]).any()
+    # the part at the outline is not eligible (its region was judged whole): nothing grows
+    assert not grown([3.0, 0.5, 1.5, 2.0], np.array([True, True, True, False])).any()
+
+
 def test_region_outliers_input_checks():
     image, render, region, _ = _face_scene(hand=False)
     r = image - render
