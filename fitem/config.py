@@ -85,8 +85,8 @@ class FitConfig:
             it is merged with much face, the parts reached from the outline through parts with a
             residual above the face's are. In ``[0, 1)``; 0 = off. Runs only with the region test
             (``region_test > 0``). Measured (``fitem bench``, 100 images): hand occluder F1
-            0.55 → 0.85, all classes 0.83 → 0.91 (on 100 images not used to choose the
-            thresholds, ``--seed 100``: hand 0.53 → 0.76, all 0.83 → 0.89); uncovered real
+            0.55 → 0.85, all classes 0.83 → 0.91 (on 100 images used to choose nothing,
+            ``--seed 300``: hand 0.47 → 0.72, all 0.81 → 0.87); uncovered real
             photographs keep the same visible share (±0.014).
         smoothness: Potts weight of the E-step's graph cut.
         nonface_histogram: colours of the non-face likelihood: ``"nonface"`` (a histogram
