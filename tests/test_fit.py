@@ -10,21 +10,10 @@ from fitem.bench.metrics import segmentation_scores, vertex_error_same_topology
 from fitem.bench.synthetic import make_sample
 from fitem.config import FitConfig
 from fitem.errors import ConfigError, InvalidInputError, ModelError
-from fitem.models import load_model
 from fitem.models.morphable import MorphableModel
 from fitem.result import FitResult, FitStatus
 
 FAST = dict(backend="torch", rounds=3, iterations=4, first_iterations=3)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model("demo")
-
-
-@pytest.fixture(scope="module")
-def scarf(model):
-    return make_sample(model, 1200, occluder="scarf")
 
 
 @pytest.fixture(scope="module")

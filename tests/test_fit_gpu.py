@@ -11,10 +11,8 @@ import torch
 
 from fitem.api import fit
 from fitem.bench.metrics import segmentation_scores, vertex_error_same_topology
-from fitem.bench.synthetic import make_sample
 from fitem.config import FitConfig
 from fitem.fitting.jacobian import pixel_factors, pixel_jacobian, vertex_state
-from fitem.models import load_model
 from fitem.params import FaceParams, ParamLayout
 from fitem.render import nvdiffrast_available
 from fitem.render.camera import Camera
@@ -28,16 +26,6 @@ def cuda():
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device (torch.cuda.is_available() is False)")
     return torch.device("cuda")
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model("demo")
-
-
-@pytest.fixture(scope="module")
-def scarf(model):
-    return make_sample(model, 1200, occluder="scarf")
 
 
 @pytest.fixture(scope="module")
