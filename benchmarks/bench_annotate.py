@@ -15,7 +15,12 @@ main process for ``jobs = 1``, where joblib runs in-process with torch's default
 count unless ``--torch-threads``), sampled every 0.1 s with
 psutil (or ``ru_maxrss`` without it). Scaling efficiency = ips(jobs) / (jobs · ips(1)).
 
-Usage: ``python benchmarks/bench_annotate.py [--n 16] [--jobs 1 2] [--rounds R] [--size S]``;
+``--model bfm2009-sized`` fits (and renders) a random model of ``bench_fit.py``'s sizes,
+``--landmarks truth`` gives every image its true landmarks as a ``.pts`` sidecar (no
+detector: the GPU machines have no MediaPipe), ``--device cuda --backend nvdiffrast`` fits on a GPU.
+
+Usage: ``python benchmarks/bench_annotate.py [--n 16] [--jobs 1 2] [--rounds R] [--size S] [--model M]
+[--landmarks detect|truth] [--device D] [--backend B]``;
 prints a table and writes ``benchmarks/results/bench_annotate.json``.
 """
 from __future__ import annotations
@@ -34,14 +39,19 @@ from pathlib import Path
 import cv2
 
 
-def make_images(folder: Path, n: int, seed: int, size: int) -> None:
+def make_images(folder: Path, n: int, seed: int, size: int, model=None, truth: bool = False) -> None:
+    """``n`` synthetic renders of ``model`` (default demo) as PNGs; ``truth``: with ``<stem>.pts`` sidecars."""
     from fitem.bench.synthetic import make_dataset
     from fitem.image import to_uint8
+    from fitem.landmarks.pts import write_pts
     from fitem.models import load_model
 
     folder.mkdir(parents=True, exist_ok=True)
-    for i, s in enumerate(make_dataset(load_model("demo"), n, seed=seed, size=size)):
-        cv2.imwrite(str(folder / f"{i:05d}_{s.occluder_class}.png"), to_uint8(s.image)[..., ::-1])
+    for i, s in enumerate(make_dataset(model or load_model("demo"), n, seed=seed, size=size)):
+        stem = folder / f"{i:05d}_{s.occluder_class}"
+        cv2.imwrite(str(stem) + ".png", to_uint8(s.image)[..., ::-1])
+        if truth:
+            write_pts(str(stem) + ".pts", s.landmarks68)
 
 
 class PeakRSS:
@@ -91,15 +101,15 @@ class PeakRSS:
         self.sample()
 
 
-def run(jobs: int, images: Path, warm: Path, work: Path, config) -> dict:
+def run(jobs: int, images: Path, warm: Path, work: Path, config, model: str = "demo") -> dict:
     from fitem.annotation import annotate, read_manifest
 
     t0 = time.perf_counter()
-    annotate(warm, work / f"warm{jobs}", config=config, n_jobs=jobs, progress=False)
+    annotate(warm, work / f"warm{jobs}", config=config, model=model, n_jobs=jobs, progress=False)
     cold = time.perf_counter() - t0
     out = work / f"out{jobs}"
     with PeakRSS() as mem:
-        s = annotate(images, out, config=config, n_jobs=jobs, progress=False)
+        s = annotate(images, out, config=config, model=model, n_jobs=jobs, progress=False)
     recs = read_manifest(out)
     workers = {r["worker"].split(":")[1] for r in recs.values()}
     if mem.peaks:
@@ -132,6 +142,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=None, help="FitConfig.rounds (default: FitConfig's)")
     ap.add_argument("--image-size", type=int, default=224, help="side of the synthetic images (default 224)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", default="demo",
+                    help="demo, or a random model of bench_fit.py's sizes (bfm2009-sized, bfm2017-sized)")
+    ap.add_argument("--landmarks", choices=["detect", "truth"], default="detect",
+                    help="detect (MediaPipe, default) or the true 68 landmarks as .pts sidecars")
+    ap.add_argument("--device", default=None, help="FitConfig.device (cpu, cuda; default: FitConfig's)")
+    ap.add_argument("--backend", default=None, help="FitConfig.backend (torch, nvdiffrast, auto)")
     ap.add_argument("--torch-threads", type=int, default=None,
                     help="torch threads of THIS process, where jobs=1 fits run (default: torch's, = cores); "
                          "loky workers get cores // jobs from joblib")
@@ -146,15 +162,25 @@ def main() -> None:
 
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
-    changes = {k: v for k, v in (("size", args.size), ("rounds", args.rounds)) if v is not None}
+    changes = {k: v for k, v in (("size", args.size), ("rounds", args.rounds), ("device", args.device),
+                                 ("backend", args.backend)) if v is not None}
     config = FitConfig(**changes)
     with tempfile.TemporaryDirectory(prefix="bench_annotate_") as tmp:
         work = Path(tmp)
         t0 = time.perf_counter()
-        make_images(work / "images", args.n, args.seed, args.image_size)
-        make_images(work / "warm", 2 * max(args.jobs), args.seed + 1000, args.image_size)
+        model, model_arg = None, "demo"
+        if args.model != "demo":
+            from bench_fit import sized_model  # noqa: PLC0415  (benchmarks/ is the script's folder)
+            from fitem.models.io import save_model
+
+            model = sized_model(args.model)
+            model_arg = str(work / "model.npz")
+            save_model(model, model_arg)
+        truth = args.landmarks == "truth"
+        make_images(work / "images", args.n, args.seed, args.image_size, model, truth)
+        make_images(work / "warm", 2 * max(args.jobs), args.seed + 1000, args.image_size, model, truth)
         print(f"made {args.n} + {2 * max(args.jobs)} synthetic images in {time.perf_counter() - t0:.1f} s")
-        rows = [run(j, work / "images", work / "warm", work, config) for j in args.jobs]
+        rows = [run(j, work / "images", work / "warm", work, config, model_arg) for j in args.jobs]
     base = next((r["images_per_second"] for r in rows if r["jobs"] == 1), None)
     for r in rows:
         r["scaling_efficiency"] = round(r["images_per_second"] / (r["jobs"] * base), 3) if base else None
@@ -170,10 +196,11 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                     "torch_threads_main": torch.get_num_threads(), "gpu": torch.cuda.is_available()},
         "versions": {"fitem": fitem.__version__, "torch": torch.__version__, "joblib": joblib.__version__},
-        "data": {"kind": "fitem.bench.synthetic renders with occluders, landmarks detected", "n": args.n,
-                 "image_size": args.image_size, "seed": args.seed},
+        "data": {"kind": f"fitem.bench.synthetic renders with occluders, landmarks {args.landmarks}",
+                 "n": args.n, "image_size": args.image_size, "seed": args.seed, "model": args.model},
         "config": {"hash": config.hash(), "size": config.size, "rounds": config.rounds,
-                   "iterations": config.iterations, "backend": "loky"},
+                   "iterations": config.iterations, "device": config.device, "rasterizer": config.backend,
+                   "backend": "loky"},
         "rows": rows,
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -5,7 +5,9 @@ Measures, for each input mode (3 = image, 6 = image + render) and UNet width:
 * ms per crop at batch 1 (median of ``--repeats`` timed calls after warm-up), through
   :meth:`fitem.segnet.SegNet.predict` (numpy in → probability out, the path ``segment`` and
   ``fit(segnet=)`` use);
-* images/s at batch 8 and 32.
+* images/s at batch 8 and 32 (``--batches``) through ``predict``;
+* on CUDA also the net alone on crops already on the device (no host copies, synchronised),
+  in float32 and under bfloat16 autocast, images/s per batch size.
 
 Weights do not change the speed, so freshly initialised nets are timed (``--net`` times a
 checkpoint instead).
@@ -81,6 +83,16 @@ def main() -> None:
         for b in (int(x) for x in args.batches.split(",")):
             tb = _time(call(b), max(3, args.repeats // max(1, b // 4)), warmup=1)
             row[f"images_per_second_batch{b}"] = b / float(np.median(tb))
+        if sn.device.type == "cuda":
+            for b in (int(x) for x in args.batches.split(",")):
+                x = torch.rand(b, sn.in_channels, s, s, device=sn.device).contiguous(memory_format=torch.channels_last)
+                for name, dtype in (("float32", None), ("bf16", torch.bfloat16)):
+                    def on_device(x=x, dtype=dtype):
+                        with torch.inference_mode(), torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
+                            torch.sigmoid(sn.net(x))
+                        torch.cuda.synchronize()
+                    tb = _time(on_device, max(5, args.repeats // 2), warmup=3)
+                    row[f"images_per_second_batch{b}_on_device_{name}"] = b / float(np.median(tb))
         rows.append(row)
         print(f"in={row['in_channels']} base={row['base']:>2} params={n_params / 1e6:.2f}M  "
               f"batch1 {row['ms_per_image_batch1_median']:.1f} ms (min {row['ms_per_image_batch1_min']:.1f})  " +
@@ -89,7 +101,8 @@ def main() -> None:
     out = {
         "benchmark": "segnet_inference",
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
-                    "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "device": args.device},
+                    "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "device": args.device,
+                    "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else None},
         "load_average": os.getloadavg(),
         "repeats": args.repeats, "rows": rows,
     }

@@ -1,4 +1,13 @@
-"""nvdiffrast ↔ PyTorch rasterizer parity (needs CUDA and nvdiffrast; ``pytest -m gpu``)."""
+"""nvdiffrast ↔ PyTorch rasterizer parity (needs CUDA and nvdiffrast; ``pytest -m gpu``).
+
+The nvdiffrast backend takes coverage and the depth test from nvdiffrast and computes
+barycentrics and depth with the PyTorch backend's exact formula. nvdiffrast's own
+barycentrics clamp b0 and b1 to [0, 1]; where snapping covers a pixel whose centre lies just
+outside the exact triangle they differ from the exact values (on an H200: 1.5-3 % of the
+pixels, by up to 0.04 on triangles of at least 1 px², and up to 6.7 on nearly edge-on ones).
+The statistics are printed (``pytest -s``).
+"""
+import json
 import math
 
 import pytest
@@ -35,11 +44,31 @@ def _compare(tri, screen, size, device):
     same = (torch_out.tri_id == nv_out.tri_id) & covered
     agree = same.sum().item() / max(1, covered.sum().item())
     assert agree >= 0.995, f"tri_id agrees on {agree:.4%} of covered pixels"
-    diff = (torch_out.bary[same] - nv_out.bary[same]).abs().max().item()
-    assert diff < 1e-4, f"barycentrics differ by {diff}"
-    rel = ((torch_out.depth[same] - nv_out.depth[same]).abs() / torch_out.depth[same]).max().item()
-    assert rel < 1e-5
+    diff = (torch_out.bary[same] - nv_out.bary[same]).abs().amax(-1).double()
+    area = _screen_area(screen, tri.to(device), torch_out.tri_id)[same]
+    well = area >= 1.0
+    rel = ((torch_out.depth[same] - nv_out.depth[same]).abs() / torch_out.depth[same]).double()
+    stats = {"covered": int(covered.sum()), "tri_id_agree": agree, "bary_le_1e-4": (diff <= 1e-4).double().mean().item(),
+             **{f"bary_q{q}": diff.quantile(q).item() for q in (0.5, 0.99, 0.999)}, "bary_max": diff.max().item(),
+             "well_conditioned_share": well.double().mean().item(),
+             "bary_max_area_ge_1px": diff[well].max().item() if well.any() else 0.0,
+             "depth_rel_q0.999": rel.quantile(0.999).item(), "depth_rel_max_area_ge_1px": rel[well].max().item() if well.any() else 0.0}
+    print("parity", tuple(size), json.dumps(stats))
+    assert stats["bary_max"] < 1e-4, stats
+    assert rel.max().item() < 1e-5, stats
     return torch_out, nv_out
+
+
+def _screen_area(screen, tri, tri_id):
+    """Screen-space area (px²) of the triangle at each pixel (0 where none)."""
+    b, h, w = tri_id.shape
+    n = screen.shape[1]
+    t = tri_id.clamp(min=0)
+    idx = tri[t] + (torch.arange(b, device=tri.device) * n).view(b, 1, 1, 1)  # (B, H, W, 3)
+    p = screen.reshape(-1, 3)[idx.reshape(-1)].view(b, h, w, 3, 3)[..., :2]
+    e1, e2 = p[..., 1, :] - p[..., 0, :], p[..., 2, :] - p[..., 0, :]
+    area = 0.5 * (e1[..., 0] * e2[..., 1] - e1[..., 1] * e2[..., 0]).abs()
+    return torch.where(tri_id >= 0, area, torch.zeros_like(area))
 
 
 def test_sphere_parity(device):

@@ -394,3 +394,85 @@ def test_large_image_uses_per_side_size_classes_and_matches_reference():
     assert int(out.mask.sum()) > 20000
     both = clear & (ref_id >= 0)
     assert torch.allclose(out.depth[0][both], ref_depth[both], rtol=1e-12)
+
+
+def test_nvdiffrast_plugin_built_but_not_importable_is_loaded_from_its_build_folder(monkeypatch):
+    # nvdiffrast's loader builds its plugin, then `importlib.import_module(name)`s it, which fails under
+    # PyTorch versions that no longer register the built module (seen: torch 2.11+cu130 on an H200)
+    import sys
+    import types
+
+    from torch.utils import cpp_extension
+
+    from fitem.render.raster import _load_plugin
+
+    name = "nvdiffrast_plugin_test_0"
+    built = types.ModuleType(name)
+    calls = []
+
+    def get_plugin(gl=False):
+        calls.append(gl)
+        if name not in sys.modules:
+            raise ModuleNotFoundError(f"No module named '{name}'", name=name)
+        return sys.modules[name]
+
+    ops = types.ModuleType("nvdiffrast.torch.ops")
+    ops._get_plugin = get_plugin
+    pkg, sub = types.ModuleType("nvdiffrast"), types.ModuleType("nvdiffrast.torch")
+    pkg.torch, sub.ops = sub, ops
+    for mod_name, mod in (("nvdiffrast", pkg), ("nvdiffrast.torch", sub), ("nvdiffrast.torch.ops", ops)):
+        monkeypatch.setitem(sys.modules, mod_name, mod)
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setattr(cpp_extension, "_get_build_directory", lambda n, verbose: f"/build/{n}")
+    loaded = []
+    monkeypatch.setattr(cpp_extension, "_import_module_from_library",
+                        lambda n, path, is_python_module: loaded.append((n, path)) or built)
+    try:
+        _load_plugin()
+        assert sys.modules[name] is built and loaded == [(name, f"/build/{name}")] and calls == [False, False]
+    finally:
+        sys.modules.pop(name, None)
+
+    def other(gl=False):
+        raise ModuleNotFoundError("No module named 'something_else'", name="something_else")
+
+    ops._get_plugin = other
+    with pytest.raises(ModuleNotFoundError, match="something_else"):
+        _load_plugin()
+
+
+class _FakeNvdiffrast:
+    """nvdiffrast's ``rasterize`` in range mode, done by the PyTorch rasterizer (CPU): its clip-space
+    input is turned back into screen coordinates, each range drawn as one image; output as nvdiffrast's
+    ``(u, v, z/w, float(triangle index + 1))``."""
+
+    @staticmethod
+    def rasterize(ctx, pos, tri, resolution, ranges=None, grad_db=True):
+        h, w = resolution
+        screen = torch.stack([(pos[:, 0] / pos[:, 3] + 1) * w / 2, (pos[:, 1] / pos[:, 3] + 1) * h / 2, pos[:, 3]], 1)
+        out = torch.zeros(len(ranges), h, w, 4)
+        for k, (start, count) in enumerate(ranges.tolist()):
+            sub = tri[start:start + count].long()
+            r = TorchRasterizer(sub, (h, w)).rasterize(screen[None])
+            hit = r.tri_id[0] >= 0
+            out[k, ..., 0], out[k, ..., 1] = r.bary[0, ..., 0], r.bary[0, ..., 1]
+            out[k, ..., 3] = torch.where(hit, (r.tri_id[0] + start + 1).float(), torch.zeros(()))
+        return out, None
+
+
+def test_nvdiffrast_backend_maps_ranges_and_ids_back(monkeypatch):
+    # the backend's own logic (culling, batch ranges, an empty item, id mapping), with nvdiffrast faked
+    import fitem.render.raster as raster
+
+    monkeypatch.setattr(raster, "_create_context", lambda dev: (_FakeNvdiffrast, None))
+    cam = Camera.default(96)
+    v, tri = icosphere(3, radius=60.0)
+    s = torch.cat([cam.project(to_camera(v[None], torch.tensor([rot]), torch.tensor([tr])))
+                   for rot, tr in (((0.0, 0.0, 0.0), (0.0, 0.0, 900.0)), ((0.0, 0.0, 0.0), (5000.0, 0.0, 900.0)),
+                                   ((0.5, 0.2, 0.0), (10.0, 0.0, 700.0)))])
+    nv = raster.NvdiffrastRasterizer(tri, cam.image_size, device="cpu").rasterize(s)
+    ref = TorchRasterizer(tri, cam.image_size).rasterize(s)
+    assert torch.equal(nv.tri_id, ref.tri_id) and not nv.mask[1].any() and nv.mask[0].any() and nv.mask[2].any()
+    torch.testing.assert_close(nv.bary, ref.bary)
+    torch.testing.assert_close(nv.depth, ref.depth)
+    assert torch.equal(nv.pixels, ref.pixels)
