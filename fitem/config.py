@@ -98,9 +98,11 @@ class FitConfig:
         backend: rasterizer: "auto", "torch" or "nvdiffrast".
         device: torch device string, or None (CUDA if available with nvdiffrast, else CPU).
         detector: landmark detector name ("mediapipe" or "dlib").
-        seed: seeds the pixel sampling. Repeated fits of an image in one process are identical;
-            two runs of the same benchmark script have given different masks on 4 of 20 hand
-            images (cause not yet found; the E-step's thresholds amplify tiny differences).
+        seed: seeds the pixel sampling. Fits are reproducible on one machine: the same image
+            gives the same mask and parameters in another process, with 1 or 2 threads, and
+            after other fits (tested; two ``fitem bench -j 2`` runs of 20 hand images agree row
+            for row). Other CPUs or BLAS builds may differ in the last bits, which the E-step's
+            thresholds can amplify.
         progress: show a tqdm bar.
     """
 

@@ -106,3 +106,33 @@ def test_public_api_at_package_level():
 
     assert fitem.fit is fit and fitem.FitConfig is FitConfig and fitem.FitResult is FitResult
     assert fitem.FitConfig().hash() == FitConfig().hash() != FitConfig(rounds=4).hash()
+
+
+_FIT_IN_A_NEW_PROCESS = """
+import hashlib, sys, numpy as np, torch
+torch.set_num_threads(int(sys.argv[1]))
+from fitem.api import fit
+from fitem.bench.synthetic import make_sample
+from fitem.models import load_model
+model = load_model("demo")
+s = make_sample(model, 68, occluder="hand")
+lms = s.landmarks68 + np.random.default_rng(7987).normal(0.0, 1.5, s.landmarks68.shape)
+r = fit(s.image, landmarks=lms, model=model)
+print(hashlib.sha256(r.mask.tobytes() + r.params.shape.numpy().tobytes()).hexdigest())
+"""
+
+
+def test_a_fit_is_reproducible_across_processes_and_thread_counts(model):
+    # a hand image, where the E-step's thresholds would amplify any difference in the arithmetic
+    import hashlib
+    import subprocess
+    import sys
+
+    s = make_sample(model, 68, occluder="hand")
+    lms = s.landmarks68 + np.random.default_rng(7987).normal(0.0, 1.5, s.landmarks68.shape)
+    r = fit(s.image, landmarks=lms, model=model)
+    here = hashlib.sha256(r.mask.tobytes() + r.params.shape.numpy().tobytes()).hexdigest()
+    threads = 1 if torch.get_num_threads() > 1 else 2  # another process, another thread count
+    out = subprocess.run([sys.executable, "-c", _FIT_IN_A_NEW_PROCESS, str(threads)], capture_output=True,
+                         text=True, check=True, timeout=300)
+    assert out.stdout.strip().splitlines()[-1] == here, f"{threads} thread(s): {out.stderr[-2000:]}"
