@@ -86,7 +86,8 @@ class FitConfig:
             residual above the face's are. In ``[0, 1)``; 0 = off. Runs only with the region test
             (``region_test > 0``). Measured (``fitem bench``, 100 images): hand occluder F1
             0.55 → 0.85, all classes 0.83 → 0.91 (on 100 images used to choose nothing,
-            ``--seed 300``: hand 0.47 → 0.72, all 0.81 → 0.87); uncovered real
+            ``--seed 300``: hand 0.47 → 0.72, all 0.81 → 0.87; pooled over 136 untouched
+            hands 0.79, ``benchmarks/results/bench_untouched``); uncovered real
             photographs keep the same visible share (±0.014).
         smoothness: Potts weight of the E-step's graph cut.
         nonface_histogram: colours of the non-face likelihood: ``"nonface"`` (a histogram
