@@ -6,8 +6,8 @@ Models:
   reconstruction uses — a 35k-vertex face-shaped surface
   (``fitem.render.meshes.face_like_mesh``) with smooth random bases of 80 shape /
   64 expression / 80 colour components and 68 landmarks;
-* ``bfm2017-sized``: likewise with BFM 2017's face model's size, 28,588 vertices and
-  199 / 100 / 199 components.
+* ``bfm2017-sized``: likewise with BFM 2017's face model's size, 199 / 100 / 199 components
+  and 28,588 vertices asked of ``face_like_mesh`` (which gives 28,345).
 
 Images are synthetic renders of the same model with a scarf occluder
 (``fitem.bench.synthetic``), ``--size`` (224²), fitted with ground-truth landmarks (detection
@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 
-#: name → (vertices, shape / expression / colour components) of the random models
+#: name → (vertices asked of face_like_mesh, shape / expression / colour components) of the random models
 SIZED = {"bfm2009-sized": (35700, (80, 64, 80)), "bfm2017-sized": (28588, (199, 100, 199))}
 
 
