@@ -11,7 +11,8 @@ Models:
 
 Images are synthetic renders of the same model with a scarf occluder
 (``fitem.bench.synthetic``), ``--size`` (224²), fitted with ground-truth landmarks (detection
-is timed separately by ``bench_landmarks.py``), default ``FitConfig`` otherwise (3 EM rounds).
+is timed separately by ``bench_landmarks.py``), default ``FitConfig`` otherwise (4 EM rounds;
+``--rounds 3`` for the 3-round targets).
 Each model runs in its own process so that the peak resident memory is its own.
 
 Usage: ``python benchmarks/bench_fit.py [--repeats 5] [--threads N] [--size 224] [--models demo,bfm2009-sized]
@@ -83,7 +84,7 @@ def sized_model(name: str, seed: int = 0):
 
 
 def run_one(model_name: str, repeats: int, threads: int, device: str = "cpu", backend: str = "torch",
-            size: int = 224, profile: str | None = None) -> dict:
+            size: int = 224, profile: str | None = None, rounds: int | None = None) -> dict:
     import torch
 
     if threads:
@@ -94,7 +95,7 @@ def run_one(model_name: str, repeats: int, threads: int, device: str = "cpu", ba
     from fitem.models import load_model
 
     model = load_model("demo") if model_name == "demo" else sized_model(model_name)
-    config = FitConfig(backend=backend, device=device, size=size)
+    config = FitConfig(backend=backend, device=device, size=size, **({"rounds": rounds} if rounds else {}))
     samples = [make_sample(model, 500 + i, occluder="scarf", size=size) for i in range(repeats + 1)]
     fit(samples[0].image, landmarks=samples[0].landmarks68, model=model, config=config)  # warm-up
     rows = []
@@ -147,6 +148,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--models", default="demo,bfm2009-sized", help="comma-separated: demo, " + ", ".join(SIZED))
     ap.add_argument("--size", type=int, default=224, help="image side and FitConfig.size")
+    ap.add_argument("--rounds", type=int, default=0, help="FitConfig.rounds (0: FitConfig's default)")
     ap.add_argument("--profile", help="folder for one profiled fit's operators' table per model")
     ap.add_argument("--device", default="cpu", help="torch device of the fit (cpu, cuda)")
     ap.add_argument("--backend", default="torch", help="rasterizer backend (torch, nvdiffrast, auto)")
@@ -155,13 +157,14 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         print(json.dumps(run_one(args.child, args.repeats, args.threads, args.device, args.backend, args.size,
-                                 args.profile)))
+                                 args.profile, args.rounds)))
         return
     results = []
     for name in args.models.split(","):
         proc = subprocess.run([sys.executable, __file__, "--child", name, "--repeats", str(args.repeats),
                                "--threads", str(args.threads), "--device", args.device, "--backend", args.backend,
-                               "--size", str(args.size)] + (["--profile", args.profile] if args.profile else []),
+                               "--size", str(args.size), "--rounds", str(args.rounds)]
+                              + (["--profile", args.profile] if args.profile else []),
                               capture_output=True, text=True)
         if proc.returncode != 0:  # report and go on with the next model
             print(f"{name}: the child process failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}", file=sys.stderr)

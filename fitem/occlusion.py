@@ -655,7 +655,8 @@ def region_outliers(
     outline test lifts hand occluder F1 from 0.55 to 0.85 and all classes from 0.83
     to 0.91 (glasses, scarf and object move by -0.001 to +0.018); on 100 images used
     to choose nothing (``--seed 300``) hand goes from 0.47 to 0.72 (all 0.81 to 0.87); over
-    136 untouched hands of five runs it is 0.79 (``benchmarks/pool_bench.py``). On
+    136 untouched hands of five runs it is 0.79, and 0.82 with the default 4 EM rounds
+    (``benchmarks/pool_bench.py``). On
     four real photographs without occluders the visible share of the face region
     moves by -0.013 to +0.014. A hand wholly inside the face's outline gains nothing
     from it.

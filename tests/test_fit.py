@@ -105,7 +105,7 @@ def test_public_api_at_package_level():
     import fitem
 
     assert fitem.fit is fit and fitem.FitConfig is FitConfig and fitem.FitResult is FitResult
-    assert fitem.FitConfig().hash() == FitConfig().hash() != FitConfig(rounds=4).hash()
+    assert fitem.FitConfig().hash() == FitConfig().hash() != FitConfig(rounds=5).hash()
 
 
 _FIT_IN_A_NEW_PROCESS = """
