@@ -105,34 +105,29 @@ def test_public_api_at_package_level():
     import fitem
 
     assert fitem.fit is fit and fitem.FitConfig is FitConfig and fitem.FitResult is FitResult
-    assert fitem.FitConfig().hash() == FitConfig().hash() != FitConfig(rounds=5).hash()
+    assert fitem.FitConfig().hash() == FitConfig().hash() != FitConfig(rounds=FitConfig().rounds + 1).hash()
 
 
-_FIT_IN_A_NEW_PROCESS = """
-import hashlib, sys, numpy as np, torch
-torch.set_num_threads(int(sys.argv[1]))
-from fitem.api import fit
-from fitem.bench.synthetic import make_sample
-from fitem.models import load_model
-model = load_model("demo")
-s = make_sample(model, 68, occluder="hand")
-lms = s.landmarks68 + np.random.default_rng(7987).normal(0.0, 1.5, s.landmarks68.shape)
-r = fit(s.image, landmarks=lms, model=model)
-print(hashlib.sha256(r.mask.tobytes() + r.params.shape.numpy().tobytes()).hexdigest())
-"""
-
-
-def test_a_fit_is_reproducible_across_processes_and_thread_counts(model):
-    # a hand image, where the E-step's thresholds would amplify any difference in the arithmetic
+def _hand_fit_digest(model) -> str:
+    """SHA-256 of the mask and shape coefficients of one fit of a hand image (the E-step's thresholds
+    would amplify any difference in the arithmetic there)."""
     import hashlib
-    import subprocess
-    import sys
 
     s = make_sample(model, 68, occluder="hand")
     lms = s.landmarks68 + np.random.default_rng(7987).normal(0.0, 1.5, s.landmarks68.shape)
     r = fit(s.image, landmarks=lms, model=model)
-    here = hashlib.sha256(r.mask.tobytes() + r.params.shape.numpy().tobytes()).hexdigest()
+    return hashlib.sha256(r.mask.tobytes() + r.params.shape.numpy().tobytes()).hexdigest()
+
+
+def test_a_fit_is_reproducible_across_processes_and_thread_counts(model):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = _hand_fit_digest(model)
     threads = 1 if torch.get_num_threads() > 1 else 2  # another process, another thread count
-    out = subprocess.run([sys.executable, "-c", _FIT_IN_A_NEW_PROCESS, str(threads)], capture_output=True,
-                         text=True, check=True, timeout=300)
+    code = ("import sys, torch; torch.set_num_threads(int(sys.argv[1])); from fitem.models import load_model; "
+            "from tests.test_fit import _hand_fit_digest; print(_hand_fit_digest(load_model('demo')))")
+    out = subprocess.run([sys.executable, "-c", code, str(threads)], capture_output=True, text=True, check=True,
+                         timeout=300, cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip().splitlines()[-1] == here, f"{threads} thread(s): {out.stderr[-2000:]}"
